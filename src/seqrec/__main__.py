@@ -1,0 +1,5 @@
+import sys
+
+from seqrec.cli import main
+
+sys.exit(main())

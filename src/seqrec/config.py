@@ -1,0 +1,303 @@
+"""Typed, frozen run configuration.
+
+Three layers at most: the dataclass defaults below, then one YAML file, then ``--set section.key=value``
+overrides. Unknown sections or keys and values of the wrong type are errors (``ConfigError``), never
+warnings. Each component receives only its own section.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value, key or file is invalid."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the interaction log comes from and how it is read."""
+
+    path: str | None = None  # interaction log; None = the built-in synthetic dataset
+    format: str = "auto"  # auto | sasrec | csv | tsv | parquet (auto: by file suffix; .txt -> sasrec)
+    user_col: str = "user_id"  # CSV/TSV/Parquet column holding the user id
+    item_col: str = "item_id"  # CSV/TSV/Parquet column holding the item id
+    time_col: str | None = None  # optional timestamp column; events are stably sorted by it per user
+    kcore: int = 0  # iterative k-core filter on users and items (0 = off)
+    on_bad_line: str = "error"  # error | skip: skipping reports the count, never silently
+    # built-in synthetic data (used when path is None)
+    synthetic_users: int = 2000
+    synthetic_items: int = 400
+    synthetic_seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_choice("data.format", self.format, ("auto", "sasrec", "csv", "tsv", "parquet"))
+        _check_choice("data.on_bad_line", self.on_bad_line, ("error", "skip"))
+        if self.kcore < 0:
+            raise ConfigError(f"data.kcore must be >= 0, got {self.kcore}")
+        if self.synthetic_users < 1 or self.synthetic_items < 2:
+            raise ConfigError("data.synthetic_users must be >= 1 and data.synthetic_items >= 2")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """SASRec encoder shape."""
+
+    maxlen: int = 200  # number of most recent items the encoder sees (positions)
+    hidden_dim: int = 64  # embedding and transformer width
+    num_blocks: int = 2  # transformer blocks
+    num_heads: int = 1  # attention heads; must divide hidden_dim
+    dropout: float = 0.2  # dropout on embeddings, attention and feed-forward
+    norm_first: bool = True  # pre-LN (True) or the original post-LN (False)
+    tied_embeddings: bool = True  # score candidates with the input item table (False: a separate output table)
+
+    def __post_init__(self) -> None:
+        if self.maxlen < 1:
+            raise ConfigError(f"model.maxlen must be >= 1, got {self.maxlen}")
+        if self.hidden_dim < 1 or self.num_blocks < 1 or self.num_heads < 1:
+            raise ConfigError("model.hidden_dim, model.num_blocks and model.num_heads must be >= 1")
+        if self.hidden_dim % self.num_heads:
+            raise ConfigError(f"model.num_heads ({self.num_heads}) must divide model.hidden_dim ({self.hidden_dim})")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Training objective and its negatives."""
+
+    name: str = "infonce"  # infonce (the design note: cosine, in-batch pooled negatives) | bce (original SASRec)
+    temperature: float = 0.07  # InfoNCE logit temperature (> 0)
+    learnable_temperature: bool = False  # learn the temperature, kept within [min_temperature, 1]
+    min_temperature: float = 0.01  # lower bound of a learnable temperature
+    negatives_per_position: int = 1  # random negatives drawn per position (pool = k * valid positions)
+    pool_size: int | None = None  # cap the pooled negatives by uniform subsampling (None = no cap)
+    mode: str = "pool"  # pool (the note) | full (whole-catalogue softmax) | auto (full when catalogue < pool)
+    extra_pos_negatives: bool = False  # add other rows' positives to the pool, logQ-corrected
+    history_mask: bool = False  # mask pool entries that are in the row's own user history
+
+    def __post_init__(self) -> None:
+        _check_choice("loss.name", self.name, ("infonce", "bce"))
+        _check_choice("loss.mode", self.mode, ("pool", "full", "auto"))
+        if self.temperature <= 0:
+            raise ConfigError(f"loss.temperature must be > 0, got {self.temperature}")
+        if not 0 < self.min_temperature <= 1:
+            raise ConfigError(f"loss.min_temperature must be in (0, 1], got {self.min_temperature}")
+        if self.negatives_per_position < 1:
+            raise ConfigError(f"loss.negatives_per_position must be >= 1, got {self.negatives_per_position}")
+        if self.pool_size is not None and self.pool_size < 1:
+            raise ConfigError(f"loss.pool_size must be >= 1 or null, got {self.pool_size}")
+        if self.name == "bce" and (self.mode != "pool" or self.extra_pos_negatives or self.learnable_temperature):
+            raise ConfigError("loss.mode, loss.extra_pos_negatives and loss.learnable_temperature apply to infonce only")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation and the training schedule."""
+
+    epochs: int = 200  # maximum number of epochs
+    batch_size: int = 128  # sequences per step
+    lr: float = 1e-3  # peak learning rate
+    weight_decay: float = 0.0  # AdamW decoupled weight decay (0 = plain Adam behaviour)
+    betas: tuple[float, float] = (0.9, 0.98)  # Adam betas
+    warmup_steps: int = 0  # linear warm-up steps
+    lr_decay: str = "none"  # none | cosine (to 10% of lr at the last epoch)
+    clip_grad_norm: float | None = 1.0  # gradient clipping (None = off)
+    seed: int = 42  # seeds data order, negatives, initialisation and dropout
+    eval_every: int = 1  # validate every N epochs
+    patience: int = 5  # stop after this many validations without improvement (0 = never stop early)
+    max_minutes: float | None = None  # wall-clock budget for training (None = unlimited)
+    checkpoint_every_steps: int = 0  # also save `last` every N steps inside an epoch (0 = at epoch ends only)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    num_threads: int = 0  # torch intra-op threads on CPU (0 = torch default)
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.eval_every < 1:
+            raise ConfigError("train.epochs, train.batch_size and train.eval_every must be >= 1")
+        if self.lr <= 0:
+            raise ConfigError(f"train.lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0 or self.warmup_steps < 0 or self.patience < 0 or self.checkpoint_every_steps < 0:
+            raise ConfigError("train.weight_decay, warmup_steps, patience, checkpoint_every_steps must be >= 0")
+        _check_choice("train.lr_decay", self.lr_decay, ("none", "cosine"))
+        if self.clip_grad_norm is not None and self.clip_grad_norm <= 0:
+            raise ConfigError(f"train.clip_grad_norm must be > 0 or null, got {self.clip_grad_norm}")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Full-catalogue ranking evaluation."""
+
+    ks: tuple[int, ...] = (1, 5, 10, 20, 50)  # cut-offs for HR@K and NDCG@K
+    filter_seen: bool = True  # exclude the user's history items from the ranking
+    batch_size: int = 512  # users scored per batch
+    select_metric: str = "ndcg@10"  # validation metric used for model selection and early stopping
+
+    def __post_init__(self) -> None:
+        if not self.ks or any(k < 1 for k in self.ks):
+            raise ConfigError(f"eval.ks must be positive cut-offs, got {self.ks}")
+        if self.batch_size < 1:
+            raise ConfigError("eval.batch_size must be >= 1")
+        name, _, k = self.select_metric.partition("@")
+        if name not in ("ndcg", "hr") or not k.isdigit() or int(k) not in self.ks:
+            if self.select_metric != "mrr":
+                raise ConfigError(f"eval.select_metric must be mrr or ndcg@K/hr@K with K in eval.ks, got {self.select_metric}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one training run needs, one section per concern."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Checks ``value`` against a type annotation, converting only lossless cases (int -> float, list -> tuple)."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{where}: unexpected value {value!r}")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], where) for v in value)
+        if len(value) != len(args):
+            raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)}")
+        return tuple(_coerce(v, a, where) for v, a in zip(value, args, strict=True))
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {type(value).__name__} {value!r}")
+        return float(value)
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {type(value).__name__} {value!r}")
+        return value
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {type(value).__name__} {value!r}")
+        return value
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {type(value).__name__} {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported annotation {annotation!r}")
+
+
+def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+    kwargs = {}
+    for name, value in values.items():
+        kwargs[name] = _coerce(value, hints[name], f"{where}.{name}" if where else name)
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+
+
+def config_from_dict(values: dict[str, Any], where: str = "config") -> RunConfig:
+    """Builds a RunConfig from nested ``{section: {key: value}}``; unknown sections or keys are errors."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: expected a mapping of sections, got {type(values).__name__}")
+    hints = typing.get_type_hints(RunConfig)
+    unknown = sorted(set(values) - set(hints))
+    if unknown:
+        raise ConfigError(f"{where}: unknown section(s) {', '.join(unknown)}; known: {', '.join(hints)}")
+    sections = {}
+    for name, cls in hints.items():
+        section = values.get(name) or {}
+        if not isinstance(section, dict):
+            raise ConfigError(f"{where}: section {name} must be a mapping, got {type(section).__name__}")
+        sections[name] = _build(cls, section, name)
+    return RunConfig(**sections)
+
+
+def config_to_dict(config: RunConfig) -> dict[str, Any]:
+    """Plain nested dict (tuples as lists) suitable for YAML, JSON and checkpoints."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, tuple):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    return plain(dataclasses.asdict(config))
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """Parses ``section.key=value``; the value is read as YAML (so 0.1, true, null, [1, 5] work)."""
+    key, sep, raw = text.partition("=")
+    section, dot, name = key.strip().partition(".")
+    if not sep or not dot or not section or not name:
+        raise ConfigError(f"--set expects section.key=value, got {text!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {text!r}: cannot parse value: {exc}") from exc
+    return section, name, value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Defaults, then an optional YAML file, then ``section.key=value`` overrides."""
+    values: dict[str, Any] = {}
+    where = "config"
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
+        values = loaded or {}
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+        where = str(path)
+    values = {k: dict(v) if isinstance(v, dict) else v for k, v in values.items()}
+    for text in overrides:
+        section, name, value = parse_override(text)
+        values.setdefault(section, {})
+        if not isinstance(values[section], dict):
+            raise ConfigError(f"{where}: section {section} must be a mapping")
+        values[section][name] = value
+    return config_from_dict(values, where)
+
+
+def replace(config: RunConfig, **sections: dict[str, Any]) -> RunConfig:
+    """Returns a copy with some section fields replaced, e.g. ``replace(cfg, train={"epochs": 3})``."""
+    values = config_to_dict(config)
+    for name, updates in sections.items():
+        if name not in values:
+            raise ConfigError(f"unknown section {name}")
+        values[name].update(updates)
+    return config_from_dict(values)

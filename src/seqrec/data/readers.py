@@ -1,0 +1,290 @@
+"""Interaction-log readers: SASRec text (plain, .gz, .xz), CSV/TSV and Parquet -> ``Interactions``.
+
+Raw ids of any type are mapped to contiguous internal ids (items 1..I, 0 = padding; users 0..U-1) in
+sorted raw-id order, so a SASRec file whose ids are already 1..N keeps them. Event order:
+- SASRec text: file order, never re-sorted (published numbers depend on it);
+- CSV/TSV/Parquet with a timestamp column: a stable sort per user (ties keep file order);
+- without timestamps: file order.
+
+Every user error is a ``DataError`` naming the file, the line and the field.
+"""
+
+from __future__ import annotations
+
+import bz2
+import csv
+import gzip
+import io
+import logging
+import lzma
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from seqrec.config import DataConfig
+from seqrec.data.dataset import Interactions
+
+log = logging.getLogger(__name__)
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file, line and field."""
+
+
+def _open_text(path: Path):
+    suffix = path.suffix.lower()
+    if suffix == ".gz":
+        raw = gzip.open(path, "rb")
+    elif suffix == ".xz":
+        raw = lzma.open(path, "rb")
+    elif suffix == ".bz2":
+        raw = bz2.open(path, "rb")
+    else:
+        raw = open(path, "rb")  # noqa: SIM115 - closed by the TextIOWrapper
+    return io.TextIOWrapper(raw, encoding="utf-8", errors="strict", newline="")
+
+
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """Yields (1-based line number, line without newline); turns decoding and stream errors into DataError."""
+    lineno = 0
+    try:
+        with _open_text(path) as handle:
+            for lineno, line in enumerate(handle, start=1):  # noqa: B007 - lineno is read in the except blocks
+                yield lineno, line.rstrip("\r\n")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}:{lineno + 1}: not valid UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    except (EOFError, lzma.LZMAError, gzip.BadGzipFile, OSError) as exc:
+        raise DataError(f"{path}:{lineno + 1}: compressed stream is truncated or corrupt ({exc})") from exc
+
+
+def _detect_format(path: Path, fmt: str) -> str:
+    if fmt != "auto":
+        return fmt
+    name = path.name.lower()
+    for suffix in (".gz", ".xz", ".bz2"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+    if name.endswith(".csv"):
+        return "csv"
+    if name.endswith(".tsv"):
+        return "tsv"
+    if name.endswith(".parquet"):
+        return "parquet"
+    return "sasrec"
+
+
+def _parse_positive_int(token: str, path: Path, lineno: int, field: str) -> int:
+    try:
+        value = int(token)
+    except ValueError:
+        raise DataError(f"{path}:{lineno}: field {field}: expected a positive integer id, got {token!r}") from None
+    if value <= 0:
+        raise DataError(f"{path}:{lineno}: field {field}: id must be >= 1 (0 is reserved for padding), got {value}")
+    return value
+
+
+def read_sasrec(path: Path, on_bad_line: str = "error") -> tuple[np.ndarray, np.ndarray, None]:
+    """Reads ``user item`` lines (positive integer ids, one space or tab) in file order."""
+    users: list[int] = []
+    items: list[int] = []
+    skipped = 0
+    for lineno, line in _lines(path):
+        parts = line.split()
+        try:
+            if len(parts) != 2:
+                raise DataError(
+                    f"{path}:{lineno}: expected 2 fields 'user item', got {len(parts)}: {line[:80]!r}"
+                )
+            users.append(_parse_positive_int(parts[0], path, lineno, "user"))
+            items.append(_parse_positive_int(parts[1], path, lineno, "item"))
+        except DataError:
+            if on_bad_line == "error":
+                raise
+            if len(users) > len(items):
+                users.pop()
+            skipped += 1
+    if skipped:
+        log.warning("%s: skipped %d malformed line(s) (data.on_bad_line=skip)", path, skipped)
+    if not users:
+        raise DataError(f"{path}: no interactions (empty file)")
+    return np.asarray(users, dtype=np.int64), np.asarray(items, dtype=np.int64), None
+
+
+def _parse_time(token: str, path: Path, lineno: int, field: str) -> float:
+    try:
+        value = float(token)
+    except ValueError:
+        raise DataError(f"{path}:{lineno}: field {field}: expected a numeric timestamp, got {token!r}") from None
+    if not math.isfinite(value):
+        raise DataError(f"{path}:{lineno}: field {field}: timestamp must be finite, got {token!r}")
+    return value
+
+
+def read_delimited(path: Path, config: DataConfig, delimiter: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Reads CSV/TSV with a header row; ids are kept as strings (any type), timestamps as floats."""
+    rows = _lines(path)
+    try:
+        _, header_line = next(rows)
+    except StopIteration:
+        raise DataError(f"{path}: empty file (expected a header row)") from None
+    header = next(csv.reader([header_line], delimiter=delimiter))
+    wanted = [config.user_col, config.item_col] + ([config.time_col] if config.time_col else [])
+    missing = [c for c in wanted if c not in header]
+    if missing:
+        raise DataError(f"{path}:1: missing column(s) {', '.join(map(repr, missing))}; header has {header}")
+    cols = [header.index(c) for c in wanted]
+    users: list[str] = []
+    items: list[str] = []
+    times: list[float] = []
+    skipped = 0
+    for lineno, line in rows:
+        if not line.strip():
+            continue
+        fields = next(csv.reader([line], delimiter=delimiter))
+        try:
+            if len(fields) != len(header):
+                raise DataError(f"{path}:{lineno}: expected {len(header)} fields, got {len(fields)}")
+            user, item = fields[cols[0]].strip(), fields[cols[1]].strip()
+            if not user:
+                raise DataError(f"{path}:{lineno}: field {config.user_col}: empty id")
+            if not item:
+                raise DataError(f"{path}:{lineno}: field {config.item_col}: empty id")
+            t = _parse_time(fields[cols[2]], path, lineno, config.time_col) if config.time_col else None
+        except DataError:
+            if config.on_bad_line == "error":
+                raise
+            skipped += 1
+            continue
+        users.append(user)
+        items.append(item)
+        if t is not None:
+            times.append(t)
+    if skipped:
+        log.warning("%s: skipped %d malformed line(s) (data.on_bad_line=skip)", path, skipped)
+    if not users:
+        raise DataError(f"{path}: no interactions (header only)")
+    return (
+        _maybe_numeric(users),
+        _maybe_numeric(items),
+        np.asarray(times, dtype=np.float64) if config.time_col else None,
+    )
+
+
+def _maybe_numeric(values: list[str]) -> np.ndarray:
+    """Integer ids stay integers (so ``7`` and ``07`` are one user); anything else stays a string."""
+    try:
+        return np.asarray([int(v) for v in values], dtype=np.int64)
+    except ValueError:
+        return np.asarray(values, dtype=object)
+
+
+def read_parquet(path: Path, config: DataConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError as exc:  # pragma: no cover - depends on the extra
+        raise DataError(f"{path}: reading Parquet needs pyarrow (pip install 'seqrec[parquet]')") from exc
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # pyarrow raises many types for corrupt files
+        raise DataError(f"{path}: not a readable Parquet file ({exc})") from exc
+    wanted = [config.user_col, config.item_col] + ([config.time_col] if config.time_col else [])
+    missing = [c for c in wanted if c not in table.column_names]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {', '.join(map(repr, missing))}; has {table.column_names}")
+    if table.num_rows == 0:
+        raise DataError(f"{path}: no interactions (0 rows)")
+    out = []
+    for c in wanted[:2]:
+        col = table.column(c)
+        if col.null_count:
+            raise DataError(f"{path}: column {c!r} has {col.null_count} null id(s)")
+        values = col.to_numpy(zero_copy_only=False)
+        out.append(values.astype(np.int64) if np.issubdtype(values.dtype, np.integer) else values.astype(object))
+    times = None
+    if config.time_col:
+        try:
+            times = table.column(config.time_col).to_numpy(zero_copy_only=False).astype(np.float64)
+        except (ValueError, TypeError) as exc:
+            raise DataError(f"{path}: column {config.time_col!r}: not numeric timestamps ({exc})") from exc
+        bad = np.flatnonzero(~np.isfinite(times))
+        if len(bad):
+            raise DataError(f"{path}: row {bad[0] + 1}: column {config.time_col!r}: timestamp is not finite")
+    return out[0], out[1], times
+
+
+def build_interactions(
+    users: np.ndarray, items: np.ndarray, times: np.ndarray | None = None
+) -> Interactions:
+    """Groups events per user (stable: file order, or timestamp order with ties in file order) and maps ids."""
+    user_ids, user_idx = np.unique(users, return_inverse=True)
+    item_ids, item_idx = np.unique(items, return_inverse=True)
+    if times is None:
+        order = np.argsort(user_idx, kind="stable")
+    else:
+        order = np.lexsort((times, user_idx))  # lexsort is stable: ties keep file order
+    counts = np.bincount(user_idx, minlength=len(user_ids))
+    offsets = np.zeros(len(user_ids) + 1, dtype=np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    raw_items = np.empty(len(item_ids) + 1, dtype=item_ids.dtype)
+    raw_items[1:] = item_ids
+    raw_items[0] = 0 if item_ids.dtype != object else ""
+    return Interactions(
+        offsets=offsets,
+        items=(item_idx[order] + 1).astype(np.int64),
+        user_ids=user_ids,
+        item_ids=raw_items,
+        timestamps=None if times is None else times[order],
+    )
+
+
+def kcore_filter(users: np.ndarray, items: np.ndarray, times: np.ndarray | None, k: int):
+    """Iteratively drops users and items with fewer than ``k`` events until none is left."""
+    keep = np.ones(len(users), dtype=bool)
+    while True:
+        _, u_inv, u_cnt = np.unique(users[keep], return_inverse=True, return_counts=True)
+        _, i_inv, i_cnt = np.unique(items[keep], return_inverse=True, return_counts=True)
+        ok = (u_cnt[u_inv] >= k) & (i_cnt[i_inv] >= k)
+        if ok.all():
+            break
+        idx = np.flatnonzero(keep)
+        keep[idx[~ok]] = False
+        if not keep.any():
+            raise DataError(f"{k}-core filtering removed every interaction")
+    return users[keep], items[keep], None if times is None else times[keep]
+
+
+def read_interactions(config: DataConfig) -> Interactions:
+    """Reads the log named by ``config.path`` (or generates the synthetic default) into ``Interactions``."""
+    if config.path is None:
+        from seqrec.data.synthetic import generate_synthetic
+
+        return generate_synthetic(config.synthetic_users, config.synthetic_items, seed=config.synthetic_seed)
+    path = Path(config.path)
+    if not path.exists():
+        raise FileNotFoundError(f"data file not found: {path}")
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory; expected an interaction log file")
+    fmt = _detect_format(path, config.format)
+    if fmt == "sasrec":
+        if config.time_col:
+            raise DataError(f"{path}: SASRec text has no timestamp column; unset data.time_col")
+        users, items, times = read_sasrec(path, config.on_bad_line)
+    elif fmt in ("csv", "tsv"):
+        users, items, times = read_delimited(path, config, "," if fmt == "csv" else "\t")
+    else:
+        users, items, times = read_parquet(path, config)
+    if config.kcore > 1:
+        users, items, times = kcore_filter(users, items, times, config.kcore)
+    inter = build_interactions(users, items, times)
+    _warn_duplicates(inter, path)
+    return inter
+
+
+def _warn_duplicates(inter: Interactions, path: Path) -> None:
+    user_of_event = np.repeat(np.arange(inter.num_users), inter.lengths)
+    keys = user_of_event * (inter.num_items + 1) + inter.items
+    dup = len(keys) - len(np.unique(keys))
+    if dup:
+        log.info("%s: %d repeated (user, item) events kept as repeat consumption", path, dup)

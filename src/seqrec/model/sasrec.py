@@ -1,0 +1,159 @@
+"""SASRec: self-attentive sequential recommendation (Kang & McAuley, ICDM 2018).
+
+The encoder returns per-position sequence embeddings and exposes the item table; it never computes a
+loss. Scoring lives in ``score_items`` so training losses, evaluation and retrieval share it.
+
+Deliberate deviations from the paper:
+- pre-LN blocks by default (``norm_first``), the paper's post-LN as an option;
+- ``torch.nn.functional.scaled_dot_product_attention`` with a causal-and-padding mask;
+- positions are counted from the first real item of the window, not from the left edge of the padded
+  window, so the output at a position depends neither on later items nor on the amount of padding;
+- queries at padding positions attend to themselves only (no NaN) and their outputs are zeroed;
+- a final LayerNorm on the output (also in the pre-LN variant, as in most pre-LN transformers);
+- optional untied output item table (``tied_embeddings=False``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from seqrec.config import ModelConfig
+from seqrec.data.dataset import PAD_ID
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, dim: int, num_heads: int, dropout: float):
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.dropout = dropout
+        self.resid_dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
+        """x: (B, L, D); attn_mask: (B, 1, L, L) bool, True = may attend."""
+        B, L, D = x.shape
+        q, k, v = self.qkv(x).split(D, dim=-1)
+        q, k, v = (t.view(B, L, self.num_heads, D // self.num_heads).transpose(1, 2) for t in (q, k, v))  # (B, H, L, Dh)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
+        )
+        y = y.transpose(1, 2).reshape(B, L, D)
+        return self.resid_dropout(self.proj(y))
+
+
+class FeedForward(nn.Module):
+    """Point-wise feed-forward; width = hidden size as in SASRec (ReLU)."""
+
+    def __init__(self, dim: int, dropout: float):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(dim, dim), nn.Dropout(dropout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class Block(nn.Module):
+    def __init__(self, dim: int, num_heads: int, dropout: float, norm_first: bool):
+        super().__init__()
+        self.norm_first = norm_first
+        self.ln1 = nn.LayerNorm(dim)
+        self.attn = CausalSelfAttention(dim, num_heads, dropout)
+        self.ln2 = nn.LayerNorm(dim)
+        self.ffn = FeedForward(dim, dropout)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
+        if self.norm_first:
+            x = x + self.attn(self.ln1(x), attn_mask)
+            return x + self.ffn(self.ln2(x))
+        x = self.ln1(x + self.attn(x, attn_mask))
+        return self.ln2(x + self.ffn(x))
+
+
+class SASRec(nn.Module):
+    """Causal transformer over item-id sequences.
+
+    Args:
+        num_items: catalogue size I; item ids are 1..I, ``PAD_ID = 0`` is padding.
+        config: encoder shape.
+    """
+
+    def __init__(self, num_items: int, config: ModelConfig):
+        super().__init__()
+        self.num_items = num_items
+        self.config = config
+        d = config.hidden_dim
+        self.item_emb = nn.Embedding(num_items + 1, d, padding_idx=PAD_ID)
+        self.pos_emb = nn.Embedding(config.maxlen, d)
+        self.emb_dropout = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(
+            Block(d, config.num_heads, config.dropout, config.norm_first) for _ in range(config.num_blocks)
+        )
+        self.final_ln = nn.LayerNorm(d)
+        self.out_emb = None if config.tied_embeddings else nn.Embedding(num_items + 1, d, padding_idx=PAD_ID)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, std=self.config.hidden_dim ** -0.5)
+                if module.padding_idx is not None:
+                    with torch.no_grad():
+                        module.weight[module.padding_idx].zero_()
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Encodes left-padded sequences.
+
+        Args:
+            input_ids: (B, L) int64 item ids, L <= maxlen, 0 = padding.
+
+        Returns:
+            (B, L, D) per-position sequence embeddings; rows at padding positions are zero.
+        """
+        B, L = input_ids.shape
+        if L > self.config.maxlen:
+            raise ValueError(f"sequence length {L} exceeds model.maxlen {self.config.maxlen}")
+        valid = input_ids != PAD_ID  # (B, L)
+        # Position of each real item counted from the first real item of its row (padding invariance).
+        positions = (torch.cumsum(valid.long(), dim=1) - 1).clamp(min=0)  # (B, L)
+        x = self.item_emb(input_ids) * math.sqrt(self.config.hidden_dim) + self.pos_emb(positions)
+        x = self.emb_dropout(x) * valid.unsqueeze(-1)
+        causal = torch.ones(L, L, dtype=torch.bool, device=input_ids.device).tril()
+        eye = torch.eye(L, dtype=torch.bool, device=input_ids.device)
+        attn_mask = (causal & valid.unsqueeze(1)) | eye  # (B, L, L): key j visible to query i
+        attn_mask = attn_mask.unsqueeze(1)  # (B, 1, L, L)
+        for block in self.blocks:
+            x = block(x, attn_mask)
+        return self.final_ln(x) * valid.unsqueeze(-1)
+
+    def item_embeddings(self, ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Output-side item vectors: (..., D) for ``ids`` of any shape, or the whole table (I + 1, D)."""
+        table = self.item_emb if self.out_emb is None else self.out_emb
+        return table.weight if ids is None else table(ids)
+
+    @torch.no_grad()
+    def user_embeddings(self, histories: torch.Tensor) -> torch.Tensor:
+        """(B, L) left-padded histories -> (B, D) encoder output at the last position."""
+        return self(histories)[:, -1, :]
+
+
+def score_items(user_vecs: torch.Tensor, item_vecs: torch.Tensor, similarity: str) -> torch.Tensor:
+    """Scores (B, D) users against (N, D) items -> (B, N); cosine normalises both sides, dot neither."""
+    if similarity == "cosine":
+        user_vecs = F.normalize(user_vecs, dim=-1)
+        item_vecs = F.normalize(item_vecs, dim=-1)
+    elif similarity != "dot":
+        raise ValueError(f"similarity must be 'cosine' or 'dot', got {similarity!r}")
+    return user_vecs @ item_vecs.T
+
+
+def similarity_for_loss(loss_name: str) -> str:
+    """The similarity a model trained with ``loss_name`` must be served with."""
+    return {"infonce": "cosine", "bce": "dot"}[loss_name]

@@ -1,0 +1,133 @@
+"""Checkpoints: one dict per file, written atomically, loaded with ``torch.load(weights_only=True)``.
+
+A checkpoint holds everything needed to resume (model, optimizer, RNG state, step, epoch, best metric)
+and to serve (resolved config, similarity, raw-id maps). Files have fixed names in the run directory:
+``checkpoints/last.pt`` and ``checkpoints/best.pt``.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+SCHEMA_VERSION = 1
+REQUIRED_KEYS = ("schema_version", "model", "config", "similarity", "num_items", "item_ids", "user_ids")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be written or read; the message says which file and why."""
+
+
+def ids_to_list(ids: np.ndarray) -> list:
+    """Raw ids as plain Python ints/strs (what ``weights_only`` loading admits)."""
+    if ids.dtype == object:
+        return [v if isinstance(v, (int, str)) else str(v) for v in ids.tolist()]
+    return ids.tolist()
+
+
+def ids_from_list(values: list) -> np.ndarray:
+    if values and all(isinstance(v, int) for v in values):
+        return np.asarray(values, dtype=np.int64)
+    return np.asarray(values, dtype=object)
+
+
+def atomic_write(path: Path, write: Any) -> None:
+    """Calls ``write(file_object)`` on a temporary file next to ``path``, fsyncs, then renames over ``path``.
+
+    On any error the temporary file is removed and ``path`` keeps its previous content.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+
+
+def save_checkpoint(state: dict[str, Any], path: Path) -> None:
+    """Atomically saves ``state`` (schema version added); a failed save keeps the previous file."""
+    state = {"schema_version": SCHEMA_VERSION, **state}
+    try:
+        atomic_write(Path(path), lambda handle: torch.save(state, handle))
+    except OSError as exc:
+        raise CheckpointError(f"could not save checkpoint {path}: {exc.strerror or exc}; the previous one is kept") from exc
+
+
+def migrate(state: dict[str, Any], path: Path) -> dict[str, Any]:
+    """Brings an older checkpoint to the current schema, or explains why it cannot."""
+    version = state.get("schema_version")
+    if version == SCHEMA_VERSION:
+        return state
+    if isinstance(version, int) and version > SCHEMA_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint schema {version} is newer than this seqrec understands ({SCHEMA_VERSION}); upgrade seqrec"
+        )
+    raise CheckpointError(f"{path}: not a seqrec checkpoint (schema_version={version!r})")
+
+
+def load_checkpoint(path: Path | str) -> dict[str, Any]:
+    """Loads a checkpoint without executing code from it (``weights_only=True``)."""
+    path = Path(path)
+    if path.is_dir():
+        candidates = [path / "checkpoints" / "best.pt", path / "best.pt", path / "checkpoints" / "last.pt"]
+        found = next((c for c in candidates if c.is_file()), None)
+        if found is None:
+            raise FileNotFoundError(f"no checkpoint in run directory {path} (looked for checkpoints/best.pt)")
+        path = found
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(f"{path}: refused to load: it holds objects other than tensors and plain data ({exc})") from exc
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({exc})") from exc
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: not a seqrec checkpoint (top level is {type(state).__name__})")
+    state = migrate(state, path)
+    missing = [k for k in REQUIRED_KEYS if k not in state]
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint lacks {', '.join(missing)}")
+    state["path"] = str(path)
+    return state
+
+
+def rng_state() -> dict[str, Any]:
+    import random
+
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    import random
+
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

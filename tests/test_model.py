@@ -1,0 +1,51 @@
+import torch
+
+from seqrec.config import ModelConfig
+from seqrec.model.sasrec import SASRec, score_items
+
+
+def _model(**kw):
+    torch.manual_seed(0)
+    cfg = ModelConfig(maxlen=12, hidden_dim=16, num_blocks=2, num_heads=2, dropout=0.0, **kw)
+    return SASRec(30, cfg).eval()
+
+
+def test_shapes_and_fully_padded_rows_are_finite():
+    model = _model()
+    ids = torch.tensor([[0] * 12, [0] * 9 + [3, 4, 5]])
+    out = model(ids)
+    assert out.shape == (2, 12, 16)
+    assert torch.isfinite(out).all()
+    assert (out[0] == 0).all() and (out[1, :9] == 0).all()
+
+
+def test_causality_output_at_t_ignores_later_items():
+    for norm_first in (True, False):
+        model = _model(norm_first=norm_first)
+        a = torch.tensor([[0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10]])
+        b = a.clone()
+        b[0, 7:] = torch.tensor([20, 21, 22, 23, 24])
+        ya, yb = model(a), model(b)
+        torch.testing.assert_close(ya[:, :7], yb[:, :7])
+        assert not torch.allclose(ya[:, 7:], yb[:, 7:])
+
+
+def test_padding_invariance():
+    model = _model()
+    short = torch.tensor([[0, 0, 0, 0, 0, 0, 0, 5, 6, 7, 8, 9]])
+    shorter_window = torch.tensor([[0, 5, 6, 7, 8, 9]])
+    torch.testing.assert_close(model(short)[:, -5:], model(shorter_window)[:, -5:], rtol=1e-5, atol=1e-5)
+
+
+def test_tied_and_untied_item_tables():
+    tied, untied = _model(), _model(tied_embeddings=False)
+    assert tied.item_embeddings() is tied.item_emb.weight
+    assert untied.item_embeddings() is untied.out_emb.weight
+    assert untied.item_embeddings(torch.tensor([[1, 2]])).shape == (1, 2, 16)
+
+
+def test_score_items_cosine_vs_dot():
+    u = torch.tensor([[3.0, 4.0]])
+    items = torch.tensor([[1.0, 0.0], [0.0, 10.0]])
+    torch.testing.assert_close(score_items(u, items, "dot"), torch.tensor([[3.0, 40.0]]))
+    torch.testing.assert_close(score_items(u, items, "cosine"), torch.tensor([[0.6, 0.8]]))
