@@ -8,7 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-from seqrec.config import ConfigError, DataConfig, EvalConfig, config_from_dict, load_config
+from seqrec.config import ConfigError, DataConfig, config_from_dict, load_config
 
 log = logging.getLogger("seqrec")
 

@@ -14,10 +14,10 @@ from __future__ import annotations
 import bz2
 import csv
 import gzip
-import io
 import logging
 import lzma
 import math
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,29 +33,32 @@ class DataError(ValueError):
     """Bad input data; the message names the file, line and field."""
 
 
-def _open_text(path: Path):
+def _open_binary(path: Path):
     suffix = path.suffix.lower()
     if suffix == ".gz":
-        raw = gzip.open(path, "rb")
-    elif suffix == ".xz":
-        raw = lzma.open(path, "rb")
-    elif suffix == ".bz2":
-        raw = bz2.open(path, "rb")
-    else:
-        raw = open(path, "rb")  # noqa: SIM115 - closed by the TextIOWrapper
-    return io.TextIOWrapper(raw, encoding="utf-8", errors="strict", newline="")
+        return gzip.open(path, "rb")
+    if suffix == ".xz":
+        return lzma.open(path, "rb")
+    if suffix == ".bz2":
+        return bz2.open(path, "rb")
+    return open(path, "rb")  # noqa: SIM115 - closed by the caller's with-block
 
 
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    """Yields (1-based line number, line without newline); turns decoding and stream errors into DataError."""
+    """Yields (1-based line number, line without newline); turns decoding and stream errors into DataError.
+
+    Lines are decoded one by one (not in buffered chunks) so that an encoding error names its line.
+    """
     lineno = 0
     try:
-        with _open_text(path) as handle:
-            for lineno, line in enumerate(handle, start=1):  # noqa: B007 - lineno is read in the except blocks
+        with _open_binary(path) as handle:
+            for lineno, raw in enumerate(handle, start=1):  # noqa: B007 - lineno is read in the except blocks
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise DataError(f"{path}:{lineno}: not valid UTF-8 text ({exc.reason} at byte {exc.start})") from exc
                 yield lineno, line.rstrip("\r\n")
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}:{lineno + 1}: not valid UTF-8 text ({exc.reason} at byte {exc.start})") from exc
-    except (EOFError, lzma.LZMAError, gzip.BadGzipFile, OSError) as exc:
+    except (EOFError, lzma.LZMAError, gzip.BadGzipFile, zlib.error, OSError) as exc:
         raise DataError(f"{path}:{lineno + 1}: compressed stream is truncated or corrupt ({exc})") from exc
 
 

@@ -40,7 +40,7 @@ class LoadedModel:
     def item_vectors(self) -> np.ndarray:
         """(I, D) float32 vectors of items 1..I (row r = internal item r + 1), normalised for cosine."""
         with torch.no_grad():
-            vecs = self.model.item_embeddings()[1:].float()
+            vecs = self.model.item_embeddings()[1:].detach().float()
             if self.similarity == "cosine":
                 vecs = F.normalize(vecs, dim=-1)
         return np.ascontiguousarray(vecs.numpy(), dtype=np.float32)

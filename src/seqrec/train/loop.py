@@ -28,7 +28,6 @@ from seqrec.data.split import LeaveOneOut, leave_one_out
 from seqrec.evaluation.evaluate import evaluate_model, evaluate_popularity
 from seqrec.model.sasrec import SASRec, similarity_for_loss
 from seqrec.train.checkpoint import (
-    CheckpointError,
     atomic_write,
     ids_to_list,
     load_checkpoint,

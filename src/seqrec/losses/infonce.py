@@ -1,0 +1,507 @@
+"""In-batch sampled-softmax (InfoNCE) loss for SASRec-style next-item training, exact and memory-bounded.
+
+Definition (what :func:`infonce_loss` computes; ``q``, ``p``, ``n`` are L2-normalised):
+
+* one row per valid position (``loss_mask`` true): query ``q``, positive ``p`` with id ``y``;
+* the negative pool = the sampled negatives of every valid position of the batch (padding positions and
+  padding ids are never in the pool), optionally plus the valid positives of the batch;
+* ``loss_row = -log softmax([q.p, q.n_1, ..., q.n_P] / temperature)[0]`` where pool entries with id ``y``
+  (accidental hits) or, optionally, with an id in the row's user history get logit ``-inf``;
+* the loss is the mean of ``loss_row`` over valid rows.
+
+How it is made fast without changing the value (see ``_SoftmaxCESum``):
+
+* only valid rows are scored, so padding costs nothing;
+* entries with the same item id have the same embedding, so the pool keeps one vector per distinct id and
+  adds ``log(count)`` to its logit: ``count * exp(s) = exp(s + log count)``. The gradient reaches every
+  duplicate in equal shares, as it would in the ungrouped softmax;
+* the rows x pool logits are streamed in tiles and never stored: since the loss is a scalar, each tile's
+  gradient contribution is taken while the tile is at hand and backward only rescales it, so peak extra
+  memory is one tile, not the whole matrix, and no tile is computed twice.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+from seqrec.losses.distributed import (
+    all_gather_variable,
+    all_reduce_sum,
+    gather_with_grad,
+    is_distributed,
+    world_size,
+)
+
+__all__ = [
+    "choose_infonce_mode",
+    "full_softmax_loss",
+    "infonce_loss",
+    "sample_pool_indices",
+]
+
+_NORM_EPS = 1e-12
+# A tile spans at most _COL_BLOCK_FACTOR * chunk_size pool columns (pools narrower than that are done in
+# one pass) and at most chunk_size rows, fewer when it would exceed _TILE_ELEMS elements (64 MiB in
+# float32): the memory bound stays O(chunk x pool) while wide pools don't get 400 MB tiles.
+_COL_BLOCK_FACTOR = 4
+_TILE_ELEMS = 1 << 24
+
+
+def choose_infonce_mode(mode: str, num_items: int, pool_entries: int) -> str:
+    """Pick between the in-batch pool and the full-catalogue softmax.
+
+    Args:
+        mode: ``"pool"``, ``"full"`` or ``"auto"``.
+        num_items: catalogue size (excluding padding).
+        pool_entries: number of entries the in-batch pool would hold (e.g. valid positions x K).
+
+    Returns:
+        ``"pool"`` or ``"full"``. ``"auto"`` gives ``"full"`` when the catalogue is smaller than the pool:
+        then scoring every item costs less than the pool and has no sampling bias.
+
+    Raises:
+        ValueError: on an unknown mode.
+    """
+    if mode in ("pool", "full"):
+        return mode
+    if mode == "auto":
+        return "full" if num_items < pool_entries else "pool"
+    raise ValueError(f"mode must be 'pool', 'full' or 'auto', got {mode!r}")
+
+
+def sample_pool_indices(
+    num_entries: int,
+    pool_size: int | None,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Which pool entries ``pool_size`` keeps: a uniform subset drawn without replacement.
+
+    :func:`infonce_loss` numbers the sampled-negative entries in row-major ``(b, l, k)`` order over valid
+    positions, skipping entries whose id is 0, and keeps ``entries[sample_pool_indices(...)]``. Calling
+    this with a generator in the same state reproduces the subset.
+
+    Args:
+        num_entries: pool entries before the cap.
+        pool_size: the cap; ``None`` or ``>= num_entries`` keeps all.
+        generator: source of randomness (its device decides where ``randperm`` runs).
+        device: device of the returned indices.
+
+    Returns:
+        (min(num_entries, pool_size),) int64 indices into the entries, ascending.
+    """
+    if pool_size is None or pool_size >= num_entries:
+        return torch.arange(num_entries, device=device)
+    if pool_size < 0:
+        raise ValueError(f"pool_size must be >= 0, got {pool_size}")
+    gen_device = generator.device if generator is not None else "cpu"
+    chosen = torch.randperm(num_entries, generator=generator, device=gen_device)[:pool_size]
+    return chosen.sort().values.to(device)
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    # Half/bfloat16 keep 11/8 mantissa bits: dividing by a temperature of 0.07 magnifies their rounding
+    # 14x, and summing thousands of exp terms in them swallows the small ones. Logits and the log-sum-exp
+    # are therefore done in float32; float32/float64 inputs are kept as they are.
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def _tile_rows(width: int, chunk_size: int) -> int:
+    """Rows per tile: ``chunk_size``, fewer when the tile would pass ``_TILE_ELEMS`` elements."""
+    return max(1, min(chunk_size, _TILE_ELEMS // max(width, 1)))
+
+
+def _pair_edges(mask_rows: torch.Tensor, starts: list[int], n: int) -> list[int]:
+    """Offsets into the row-sorted mask pairs at every row-tile boundary (one host sync per call)."""
+    bounds = torch.tensor([*starts, n], dtype=mask_rows.dtype, device=mask_rows.device)
+    return torch.searchsorted(mask_rows, bounds).tolist()
+
+
+def _tile_logits(
+    q: torch.Tensor,
+    pool: torch.Tensor,
+    bias: torch.Tensor | None,
+    c0: int,
+    c1: int,
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    single_block: bool,
+) -> torch.Tensor:
+    """Masked logits of one tile.
+
+    Args:
+        q: (C, D) scaled queries of the row tile.
+        pool: (U, D) pool vectors; columns ``c0:c1`` are used.
+        bias: (U,) additive logit bias or None.
+        rows, cols: (M,) masked pairs of this row tile (rows relative to the tile, cols absolute).
+        single_block: the block is the whole pool, so no column filtering is needed.
+
+    Returns:
+        (C, c1 - c0) logits, masked entries ``-inf``.
+    """
+    block = pool[c0:c1]
+    s = q @ block.T if bias is None else torch.addmm(bias[c0:c1], q, block.T)
+    if rows.numel():
+        if not single_block:
+            inside = (cols >= c0) & (cols < c1)
+            rows, cols = rows[inside], cols[inside]
+        s[rows, cols - c0] = float("-inf")
+    return s
+
+
+def _accumulate(w, q, pool, c0, c1, r0, r1, grads) -> None:
+    """Add one tile's contribution: ``w`` (C, c1 - c0) holds d loss / d logits of the tile."""
+    grad_q, _, grad_pool, grad_bias = grads
+    if grad_q is not None:
+        grad_q[r0:r1].addmm_(w, pool[c0:c1])
+    if grad_pool is not None:
+        grad_pool[c0:c1].addmm_(w.T, q)
+    if grad_bias is not None:
+        grad_bias[c0:c1] += w.sum(dim=0)
+
+
+class _SoftmaxCESum(torch.autograd.Function):
+    """``scale * sum_r (lse_r - pos_r)``: the summed cross-entropy of every row, streamed in tiles.
+
+    ``lse_r`` is the log-sum-exp of row r's unmasked logits ``q_r . v_u + bias_u`` and, with
+    ``include_pos``, of its positive logit ``pos_r`` (which then sits outside the pool). The output is a
+    scalar, so its gradients are the forward-time gradients times one number: forward computes them
+    tile by tile (``d loss / d logits = scale * softmax``) and backward only rescales. That reads each
+    tile once instead of computing it in forward and again in backward, and never holds more than one
+    tile (peak extra memory ``tile_rows x min(U, 4 * chunk_size)``, plus (N + U) x D for the gradients).
+
+    A pool wider than ``4 * chunk_size`` columns is split into column blocks: a first sweep keeps a
+    running (max, sum) per row, a second recomputes the tiles for the gradients.
+    """
+
+    @staticmethod
+    def forward(ctx, queries, pos_logit, pool, bias, mask_rows, mask_cols, include_pos, scale, chunk_size):
+        n, u = queries.shape[0], pool.shape[0]
+        col_block = chunk_size * _COL_BLOCK_FACTOR
+        blocks = [(c0, min(u, c0 + col_block)) for c0 in range(0, u, col_block)]
+        single = len(blocks) <= 1
+        step = _tile_rows(min(u, col_block), chunk_size)
+        starts = list(range(0, n, step))
+        edges = _pair_edges(mask_rows, starts, n) if mask_rows.numel() else [0] * (len(starts) + 1)
+        need = ctx.needs_input_grad
+        grads = (
+            torch.zeros_like(queries) if need[0] else None,
+            torch.zeros_like(pos_logit) if need[1] else None,
+            torch.zeros_like(pool) if need[2] else None,
+            torch.zeros_like(bias) if bias is not None and need[3] else None,
+        )
+        want_grads = any(g is not None for g in grads)
+        total = queries.new_zeros(())
+        for i, r0 in enumerate(starts):
+            r1 = min(n, r0 + step)
+            q, pos = queries[r0:r1], pos_logit[r0:r1]
+            rows, cols = mask_rows[edges[i] : edges[i + 1]] - r0, mask_cols[edges[i] : edges[i + 1]]
+            # Running max/sum over [pos] + column blocks; a single block is one pass.
+            # run_sum is relative to shift = run_max, or to 0 while a row has nothing (run_max -inf):
+            # that avoids (-inf) - (-inf) = nan, and exp(run_max - shift) is then 0, never inf * 0.
+            run_max = pos if include_pos else torch.full_like(pos, float("-inf"))
+            run_sum = torch.ones_like(pos) if include_pos else torch.zeros_like(pos)
+            shift = pos if include_pos else torch.zeros_like(pos)
+            tile = None
+            for c0, c1 in blocks:
+                tile = _tile_logits(q, pool, bias, c0, c1, rows, cols, single)
+                new_max = torch.maximum(run_max, tile.amax(dim=1))
+                shift = torch.where(torch.isfinite(new_max), new_max, torch.zeros_like(new_max))
+                run_sum = run_sum * torch.exp(run_max - shift) + tile.sub_(shift[:, None]).exp_().sum(dim=1)
+                run_max = new_max
+            lse = shift + run_sum.log()
+            total = total + (lse - pos).sum()
+            if not want_grads:
+                continue
+            # d/dlogit = scale * softmax; rows with nothing left (run_sum 0) get weight 0, not nan.
+            weight = torch.where(run_sum > 0, scale / run_sum, torch.zeros_like(run_sum))
+            if grads[1] is not None:
+                grads[1][r0:r1] = (torch.exp(pos - shift) * weight if include_pos else 0.0) - scale
+            if single and tile is not None:
+                # The tile already holds exp(logit - shift): one in-place multiply gives the weights.
+                _accumulate(tile.mul_(weight[:, None]), q, pool, *blocks[0], r0, r1, grads)
+            elif not single:
+                lse_safe = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
+                for c0, c1 in blocks:
+                    tile = _tile_logits(q, pool, bias, c0, c1, rows, cols, single)
+                    tile.sub_(lse_safe[:, None]).exp_().mul_(scale)
+                    _accumulate(tile, q, pool, c0, c1, r0, r1, grads)
+            del tile
+        ctx.save_for_backward(*(g for g in grads if g is not None))
+        ctx.present = [g is not None for g in grads]
+        return total * scale
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        saved = iter(ctx.saved_tensors)
+        grads = [next(saved) * grad_out if present else None for present in ctx.present]
+        return (*grads, None, None, None, None, None)
+
+
+def _softmax_ce_sum(
+    queries: torch.Tensor,
+    pos_logit: torch.Tensor,
+    pool: torch.Tensor,
+    bias: torch.Tensor | None,
+    mask_rows: torch.Tensor,
+    mask_cols: torch.Tensor,
+    *,
+    include_pos: bool,
+    scale: float,
+    chunk_size: int,
+) -> torch.Tensor:
+    """Streamed, masked ``scale * sum_r (logsumexp_r - pos_r)``, see :class:`_SoftmaxCESum`.
+
+    Args:
+        queries: (N, D) queries already multiplied by 1/temperature.
+        pos_logit: (N,) positive logits (same scaling).
+        pool: (U, D) pool vectors, same dtype as queries.
+        bias: (U,) or None, added to every row's pool logits.
+        mask_rows, mask_cols: (M,) int64 masked (row, column) pairs, sorted by row.
+        include_pos: the positive is an extra logit (in-batch pool) rather than a pool column (catalogue).
+        scale: factor of the sum (1 / number of rows for a mean).
+        chunk_size: at most this many rows per tile; a tile spans at most ``4 * chunk_size`` columns.
+
+    Returns:
+        0-dim tensor.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    return _SoftmaxCESum.apply(
+        queries, pos_logit, pool, bias, mask_rows, mask_cols, include_pos, float(scale), chunk_size
+    )
+
+
+def _mask_pairs(
+    pool_keys: torch.Tensor, banned: torch.Tensor, segments: tuple[int, ...]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row, column) pairs of pool entries whose id a row bans.
+
+    Args:
+        pool_keys: (U,) sorted unique keys ``2 * id + segment`` of the pool columns.
+        banned: (N, M) int64 ids each row masks (0 = nothing).
+        segments: the segments present in the pool (0 sampled negatives, 1 in-batch positives).
+
+    Returns:
+        ``(rows, cols)``, each (P,) int64, sorted by row.
+    """
+    u = pool_keys.numel()
+    if u == 0 or banned.numel() == 0:
+        empty = banned.new_zeros((0,))
+        return empty, empty
+    cols, hits = [], []
+    for seg in segments:
+        target = banned * 2 + seg
+        idx = torch.searchsorted(pool_keys, target).clamp_(max=u - 1)
+        cols.append(idx)
+        hits.append((pool_keys[idx] == target) & (banned > 0))
+    col_mat, hit_mat = torch.cat(cols, dim=1), torch.cat(hits, dim=1)
+    rows, j = hit_mat.nonzero(as_tuple=True)
+    return rows, col_mat[rows, j]
+
+
+def _zero_loss(*tensors) -> torch.Tensor:
+    """0.0 that still has a gradient path (zeros) to every tensor given; None and floats are skipped."""
+    parts = [(t * 0).sum() for t in tensors if isinstance(t, torch.Tensor) and t.is_floating_point()]
+    return torch.stack(parts).sum()
+
+
+def _build_pool(
+    neg_vecs: torch.Tensor,
+    neg_ids: torch.Tensor,
+    pos_vecs: torch.Tensor | None,
+    pos_ids: torch.Tensor | None,
+    pos_log_q: torch.Tensor | None,
+    distributed: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Group pool entries by (id, segment): one normalised vector and a log-count bias per group.
+
+    The group vector is ``normalize(sum of the group's raw vectors)``, equal to any member's normalised
+    vector when the members are equal, and its backward gives each member the same share, as the
+    ungrouped softmax does.
+
+    Args:
+        neg_vecs: (P, D) raw sampled-negative vectors; neg_ids: (P,) their ids (> 0).
+        pos_vecs: (N, D) raw in-batch positives to add, or None; pos_ids: (N,) their ids.
+        pos_log_q: (num_items + 1,) log sampling probability, subtracted from positive-segment logits.
+        distributed: gather the groups of all ranks (with gradient) and merge them.
+
+    Returns:
+        ``(pool, bias, keys)``: (U, D) unit vectors, (U,) bias ``log count [- log q]``, (U,) sorted keys
+        ``2 * id + segment``.
+    """
+    keys, vecs = neg_ids * 2, neg_vecs
+    if pos_vecs is not None:
+        keys, vecs = torch.cat([keys, pos_ids * 2 + 1]), torch.cat([neg_vecs, pos_vecs])
+    keys, inverse, counts = torch.unique(keys, sorted=True, return_inverse=True, return_counts=True)
+    sums = vecs.new_zeros((keys.numel(), vecs.shape[1])).index_add(0, inverse, vecs)
+    if distributed:
+        # Ranks exchange their already-grouped pools: less traffic than raw entries, same result.
+        meta, _ = all_gather_variable(torch.stack([keys, counts], dim=1))
+        sums = gather_with_grad(sums)
+        keys, inverse = torch.unique(meta[:, 0], sorted=True, return_inverse=True)
+        counts = torch.zeros_like(keys).index_add_(0, inverse, meta[:, 1])
+        sums = sums.new_zeros((keys.numel(), sums.shape[1])).index_add(0, inverse, sums)
+    pool = F.normalize(sums, dim=1, eps=_NORM_EPS)
+    bias = counts.to(pool.dtype).log()
+    if pos_vecs is not None:
+        is_pos = keys % 2 == 1
+        ids = torch.where(is_pos, keys // 2, torch.zeros_like(keys))
+        log_q = pos_log_q.to(device=pool.device, dtype=pool.dtype)[ids]
+        bias = bias - torch.where(is_pos, log_q, torch.zeros_like(log_q))
+    return pool, bias, keys
+
+
+def infonce_loss(
+    seq_embs: torch.Tensor,
+    pos_embs: torch.Tensor,
+    neg_embs: torch.Tensor,
+    loss_mask: torch.Tensor,
+    pos_ids: torch.Tensor,
+    neg_ids: torch.Tensor,
+    temperature: float | torch.Tensor = 0.07,
+    *,
+    pool_size: int | None = None,
+    generator: torch.Generator | None = None,
+    extra_pos_negatives: bool = False,
+    pos_log_q: torch.Tensor | None = None,
+    history_ids: torch.Tensor | None = None,
+    chunk_size: int = 4096,
+    distributed: bool = False,
+) -> torch.Tensor:
+    """In-batch InfoNCE over the pooled sampled negatives of all valid positions (see module docstring).
+
+    Args:
+        seq_embs: (B, L, D) sequence outputs (queries).
+        pos_embs: (B, L, D) embeddings of the next items.
+        neg_embs: (B, L, D) or (B, L, K, D) embeddings of the sampled negatives. Entries with the same
+            id must have the same embedding (they are grouped; their mean is what gets scored).
+        loss_mask: (B, L) bool or 0/1; positions that are scored and whose negatives join the pool.
+        pos_ids: (B, L) int64 next-item ids; padding id is 0.
+        neg_ids: (B, L) or (B, L, K) int64 negative ids; id 0 entries never join the pool.
+        temperature: float or 0-dim tensor (gradients flow to a learnable one).
+        pool_size: keep a uniform subset of this many sampled-negative entries (drawn with
+            ``generator``, see :func:`sample_pool_indices`); in-batch positives are not capped.
+        generator: torch.Generator for ``pool_size``.
+        extra_pos_negatives: also use the valid positives of the batch as negatives, with the logQ
+            correction ``logit / temperature - pos_log_q[id]``; a row's own positive id is masked.
+        pos_log_q: (num_items + 1,) log sampling probabilities; required with ``extra_pos_negatives``
+            (pass zeros for no correction).
+        history_ids: (B, H) int64, 0-padded; pool entries whose id is in the row's user history are
+            masked (the row's positive logit never is).
+        chunk_size: rows per tile of the streamed log-sum-exp (a tile spans ``4 * chunk_size`` pool
+            columns); peak extra memory is one tile.
+        distributed: when ``torch.distributed`` is initialised, every rank's rows are scored against the
+            pool of all ranks (gathered with gradient). The returned value is
+            ``world_size / N_global * sum of this rank's row losses``, so the mean over ranks (what DDP's
+            gradient averaging optimises) equals the single-process loss on the global batch, and
+            ``pool_size`` caps each rank's contribution to the pool. Every rank must call it.
+
+    Returns:
+        0-dim tensor: mean loss over valid rows (float32 for half/bfloat16 inputs). 0.0 with a zero
+        gradient path when no position is valid.
+    """
+    if neg_embs.dim() == 3:
+        neg_embs, neg_ids = neg_embs.unsqueeze(2), neg_ids.unsqueeze(2)
+    if seq_embs.dim() != 3 or pos_embs.shape != seq_embs.shape:
+        raise ValueError(f"seq_embs/pos_embs must be (B, L, D), got {seq_embs.shape}, {pos_embs.shape}")
+    if (
+        neg_embs.dim() != 4
+        or neg_embs.shape[:2] != seq_embs.shape[:2]
+        or neg_embs.shape[3] != seq_embs.shape[2]
+    ):
+        raise ValueError(f"neg_embs must be (B, L, D) or (B, L, K, D), got {neg_embs.shape}")
+    if neg_ids.shape != neg_embs.shape[:3] or pos_ids.shape != seq_embs.shape[:2]:
+        raise ValueError(f"id shapes {pos_ids.shape}, {neg_ids.shape} do not match the embeddings")
+    if extra_pos_negatives and pos_log_q is None:
+        raise ValueError("extra_pos_negatives=True needs pos_log_q (zeros for no logQ correction)")
+
+    use_dist = distributed and is_distributed()
+    mask = loss_mask.bool()
+    n_local = mask.sum()
+    n_global = int((all_reduce_sum(n_local) if use_dist else n_local).item())
+    if n_global == 0:
+        return _zero_loss(seq_embs, pos_embs, neg_embs, temperature)
+
+    dtype = _compute_dtype(seq_embs.dtype)
+    inv_tau = 1.0 / temperature
+    batch_idx, pos_idx = mask.nonzero(as_tuple=True)
+    y = pos_ids[batch_idx, pos_idx]
+    q = F.normalize(seq_embs[batch_idx, pos_idx].to(dtype), dim=-1, eps=_NORM_EPS) * inv_tau
+    p_raw = pos_embs[batch_idx, pos_idx].to(dtype)
+    pos_logit = (q * F.normalize(p_raw, dim=-1, eps=_NORM_EPS)).sum(dim=-1)
+
+    # Sampled negatives of valid positions, row-major (b, l, k), without padding ids.
+    cand_ids = neg_ids[batch_idx, pos_idx].reshape(-1)
+    cand_vecs = neg_embs[batch_idx, pos_idx].reshape(-1, neg_embs.shape[-1])
+    entries = (cand_ids != 0).nonzero(as_tuple=True)[0]
+    if pool_size is not None:
+        entries = entries[sample_pool_indices(entries.numel(), pool_size, generator, entries.device)]
+    pool, bias, keys = _build_pool(
+        cand_vecs[entries].to(dtype),
+        cand_ids[entries],
+        p_raw if extra_pos_negatives else None,
+        y if extra_pos_negatives else None,
+        pos_log_q,
+        use_dist,
+    )
+
+    banned = y[:, None]
+    if history_ids is not None:
+        banned = torch.cat([banned, history_ids.to(y.device)[batch_idx]], dim=1)
+    rows, cols = _mask_pairs(keys, banned, (0, 1) if extra_pos_negatives else (0,))
+    scale = world_size() / n_global if use_dist else 1.0 / n_global
+    return _softmax_ce_sum(
+        q, pos_logit, pool, bias, rows, cols, include_pos=True, scale=scale, chunk_size=chunk_size
+    )
+
+
+def full_softmax_loss(
+    seq_embs: torch.Tensor,
+    item_table: torch.Tensor,
+    loss_mask: torch.Tensor,
+    pos_ids: torch.Tensor,
+    temperature: float | torch.Tensor = 0.07,
+    *,
+    history_ids: torch.Tensor | None = None,
+    chunk_size: int = 4096,
+) -> torch.Tensor:
+    """Cosine/temperature cross-entropy of every valid position against the whole catalogue.
+
+    Args:
+        seq_embs: (B, L, D) sequence outputs.
+        item_table: (num_items + 1, D) item embeddings; row 0 (padding) is never scored.
+        loss_mask: (B, L) bool or 0/1.
+        pos_ids: (B, L) int64 target ids in 1..num_items at valid positions.
+        temperature: float or 0-dim tensor.
+        history_ids: (B, H) int64, 0-padded; items of the row's user history are masked, except the
+            row's own positive.
+        chunk_size: rows per tile (``4 * chunk_size`` catalogue columns per tile).
+
+    Returns:
+        0-dim tensor: mean over valid rows of ``-log softmax(cos(q, items) / temperature)[pos]``;
+        0.0 with a zero gradient path when no position is valid.
+    """
+    mask = loss_mask.bool()
+    n = int(mask.sum().item())
+    if n == 0:
+        return _zero_loss(seq_embs, item_table, temperature)
+    dtype = _compute_dtype(seq_embs.dtype)
+    batch_idx, pos_idx = mask.nonzero(as_tuple=True)
+    y = pos_ids[batch_idx, pos_idx]
+    q = F.normalize(seq_embs[batch_idx, pos_idx].to(dtype), dim=-1, eps=_NORM_EPS) * (1.0 / temperature)
+    items = F.normalize(item_table[1:].to(dtype), dim=-1, eps=_NORM_EPS)
+    pos_logit = (q * items[y - 1]).sum(dim=-1)
+    if history_ids is None:
+        rows = cols = y.new_zeros((0,))
+    else:
+        hist = history_ids.to(y.device)[batch_idx]
+        hist = torch.where(hist == y[:, None], torch.zeros_like(hist), hist)
+        rows, j = (hist > 0).nonzero(as_tuple=True)
+        cols = hist[rows, j] - 1
+    return _softmax_ce_sum(
+        q, pos_logit, items, None, rows, cols, include_pos=False, scale=1.0 / n, chunk_size=chunk_size
+    )
