@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -21,15 +23,43 @@ def _data_config(stored: dict, data_path: str | None) -> DataConfig:
     return config_from_dict({"data": values}).data
 
 
+def torchrun_command(nproc: int, argv: list[str]) -> list[str]:
+    """The command that runs ``seqrec <argv>`` in ``nproc`` local processes through torchrun.
+
+    ``--nproc`` (also as ``--nproc=N`` or an argparse abbreviation) is removed from ``argv``.
+    """
+    rest, skip = [], False
+    for token in argv:
+        name = token.split("=", 1)[0]
+        if skip:
+            skip = False
+        elif len(name) > 2 and "--nproc".startswith(name):
+            skip = "=" not in token
+        else:
+            rest.append(token)
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+            "-m", "seqrec", *rest]
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from seqrec.train.loop import train
 
+    if args.nproc is not None:
+        if args.nproc < 1:
+            raise ValueError(f"--nproc must be >= 1, got {args.nproc}")
+        if "LOCAL_RANK" in os.environ:
+            raise ValueError("--nproc starts torchrun itself; it cannot be used inside torchrun")
+        return subprocess.run(torchrun_command(args.nproc, sys.argv[1:] if args.argv is None else args.argv)).returncode
     overrides = list(args.set or [])
     if args.data is not None:
-        overrides.append(f"data.path={args.data}")
+        # As a JSON string, which YAML reads verbatim: a bare path such as "null", "123" or "a: b"
+        # would otherwise be parsed into something that is not the path.
+        overrides.append(f"data.path={json.dumps(args.data)}")
     config = load_config(args.config, overrides)
     result = train(config, args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet,
                    command=["seqrec", *sys.argv[1:]] if args.argv is None else ["seqrec", *args.argv])
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # every rank holds the same result; rank 0 prints it
     sel = config.eval.select_metric
     print(f"run directory: {result.run_dir}")
     print(f"best epoch {result.best_epoch} of {result.epochs_run} ({result.train_seconds:.0f}s training); "
@@ -79,20 +109,99 @@ def _read_user_list(users: list[str] | None, users_file: str | None) -> list | N
         path = Path(users_file)
         if not path.is_file():
             raise FileNotFoundError(f"users file not found: {path}")
-        return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); expected one user id a line") from exc
+        return [line.strip() for line in text.splitlines() if line.strip()]
     return users or None
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
     from seqrec.data.readers import read_interactions
+    from seqrec.retrieval.ids import ItemLookup, read_candidates
     from seqrec.retrieval.recommend import load_model, recommend_batches, user_rows, write_recommendations
+    from seqrec.retrieval.run_index import run_index
+
+    if args.k < 1:  # before loading anything, so the mistake is reported at once
+        raise ValueError(f"--k must be >= 1, got {args.k}")
+    loaded = load_model(args.run)
+    candidates = read_candidates(args.candidates, ItemLookup(loaded.item_ids)) if args.candidates else None
+    inter = read_interactions(_data_config(loaded.state["config"]["data"], args.data))
+    rows = user_rows(inter, _read_user_list(args.users, args.users_file))
+    index, _ = run_index(loaded, args.run, args.index, progress=not args.quiet)
+    batches = recommend_batches(loaded, inter, rows, args.k, exclude_seen=not args.include_seen, progress=not args.quiet,
+                                index=index, candidates=candidates)
+    count = write_recommendations(args.out, batches, inter.user_ids, inter.item_ids)
+    print(f"wrote top-{args.k} recommendations for {count} users to {args.out}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from seqrec.data.readers import read_interactions
+    from seqrec.retrieval.export import artifact_dir, export_embeddings
+    from seqrec.retrieval.recommend import load_model
 
     loaded = load_model(args.run)
     inter = read_interactions(_data_config(loaded.state["config"]["data"], args.data))
-    rows = user_rows(inter, _read_user_list(args.users, args.users_file))
-    batches = recommend_batches(loaded, inter, rows, args.k, exclude_seen=not args.include_seen, progress=not args.quiet)
-    count = write_recommendations(args.out, batches, inter.user_ids, inter.item_ids)
-    print(f"wrote top-{args.k} recommendations for {count} users to {args.out}")
+    out = Path(args.out) if args.out else artifact_dir(args.run) / "export"
+    result = export_embeddings(loaded, inter, out, fbin=args.fbin, batch_size=args.batch_size, progress=not args.quiet)
+    print(f"exported {result.num_items} item and {result.num_users} user vectors (dim {result.dim}) to {result.out}")
+    for name in result.internal_id_files:
+        print(f"note: {name} holds internal ids (raw ids are not non-negative integers); see meta.json")
+    return 0
+
+
+def cmd_index_build(args: argparse.Namespace) -> int:
+    from seqrec.retrieval.recommend import load_model
+    from seqrec.retrieval.run_index import build_run_index, index_config
+
+    config = index_config(args.kind, args.set or [])
+    loaded = load_model(args.run)
+    index, path = build_run_index(loaded, args.run, config, progress=not args.quiet)
+    print(f"built a {config.kind} index over {index.ntotal} items: {path}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from seqrec.retrieval.serve import ServeConfig, serve
+
+    config = ServeConfig(index=args.index, max_k=args.max_k, max_history=args.max_history,
+                         batch_window_ms=args.batch_window_ms, max_batch=args.max_batch)
+    serve(args.run, host=args.host, port=args.port, config=config, access_log=args.access_log, progress=not args.quiet)
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from seqrec.data.scale import generate_tencentgr_like
+
+    path = generate_tencentgr_like(args.out, num_users=args.users, num_items=args.items, mean_events=args.mean_events,
+                                   max_events=args.max_events, seed=args.seed, overwrite=args.overwrite,
+                                   progress=not args.quiet)
+    print(f"wrote a TencentGR-like log ({args.users} users, {args.items} items) to {path}; train with --data {path}")
+    return 0
+
+
+def cmd_taac_infer(args: argparse.Namespace) -> int:
+    from seqrec.retrieval.taac import taac_infer
+
+    result = taac_infer(args.run, args.eval_dir, args.out, data_dir=args.data, k=args.k,
+                        exclude_seen=args.exclude_seen, batch_size=args.batch_size, progress=not args.quiet)
+    print(f"wrote the top-{args.k} creative_ids of {result.num_users} users to {result.out} "
+          f"({result.num_candidates} candidates, {result.num_new_items} creatives unseen in training)")
+    if result.score is not None:
+        print(f"HR@10 {result.hr10:.4f}  NDCG@10 {result.ndcg10:.4f}  "
+              f"score (0.31 * HR@10 + 0.69 * NDCG@10) {result.score:.4f}")
+    return 0
+
+
+def cmd_taac_generate(args: argparse.Namespace) -> int:
+    from seqrec.data.taac import write_taac_synthetic
+
+    dirs = write_taac_synthetic(args.out, num_users=args.users, num_items=args.items, seed=args.seed,
+                                mean_length=args.mean_length, progress=not args.quiet)
+    print(f"wrote synthetic TAAC data: training {dirs.train}, evaluation {dirs.eval}\n"
+          f"next: seqrec train --data {dirs.train} --out RUN; seqrec taac-infer RUN --eval-dir {dirs.eval} --out result.jsonl")
     return 0
 
 
@@ -104,11 +213,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model; writes a run directory")
     p.add_argument("--config", help="YAML file with sections data/model/loss/train/eval")
     p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override one config value (repeatable)")
-    p.add_argument("--data", help="interaction log (SASRec text, CSV, TSV, Parquet); default: built-in synthetic data")
+    p.add_argument("--data", help="interaction log (SASRec text, CSV, TSV, Parquet) or a TAAC training "
+                   "directory (trained with its features); default: built-in synthetic data")
     p.add_argument("--out", default="runs/latest", help="run directory (default: runs/latest)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace a run that already exists in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--nproc", type=int, metavar="N",
+                   help="train with N local processes (DDP; re-runs this command through torchrun)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="full-catalogue ranking metrics on validation and test")
@@ -127,8 +239,75 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output file: .csv (user_id,rank,item_id,score) or .jsonl")
     p.add_argument("--data", help="interaction log (default: the one the model was trained on)")
     p.add_argument("--include-seen", action="store_true", help="allow items the user already interacted with")
+    p.add_argument("--index", choices=("exact", "hnsw", "ivf"), default="exact",
+                   help="index kind: the run's saved index when built for this model, else one built in memory")
+    p.add_argument("--candidates", help="file with one raw item id per line; only these items are recommended")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_recommend)
+
+    p = sub.add_parser("export", help="item and user embeddings with their raw ids (npy, optionally fbin)")
+    p.add_argument("run", help="run directory or checkpoint file")
+    p.add_argument("--out", help="output directory (default: RUN/export)")
+    p.add_argument("--fbin", action="store_true", help="also write .fbin vectors and uint64 .u64 ids")
+    p.add_argument("--data", help="interaction log of the users (default: the one the model was trained on)")
+    p.add_argument("--batch-size", type=int, default=1024, help="users per encoder batch (default 1024)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("index", help="nearest-neighbour indexes saved next to a run")
+    index_sub = p.add_subparsers(dest="index_command", required=True)
+    p = index_sub.add_parser("build", help="build RUN/index/<kind>.faiss over the exported item vectors")
+    p.add_argument("run", help="run directory or checkpoint file")
+    p.add_argument("--kind", choices=("exact", "hnsw", "ivf"), default="exact", help="index kind (default exact)")
+    p.add_argument("--set", action="append", metavar="index.KEY=VALUE",
+                   help="index parameter, e.g. index.hnsw_m=32, index.ivf_nprobe=16 (repeatable)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_index_build)
+
+    p = sub.add_parser("serve", help="HTTP API: POST /recommend, GET /health, /openapi.json")
+    p.add_argument("run", help="run directory or checkpoint file")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--index", choices=("exact", "hnsw", "ivf"), default="exact",
+                   help="index kind: the run's saved index when built for this model, else one built in memory")
+    p.add_argument("--max-k", type=int, default=1000, help="largest k a request may ask for (default 1000)")
+    p.add_argument("--max-history", type=int, default=10_000, help="most history items per request (default 10000)")
+    p.add_argument("--batch-window-ms", type=float, default=2.0, help="batching wait after a request (default 2)")
+    p.add_argument("--max-batch", type=int, default=64, help="most requests per encoder/index batch (default 64)")
+    p.add_argument("--access-log", action="store_true", help="log every request")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("generate", help="write TencentGR-like synthetic data in the compact seqrec form")
+    p.add_argument("--out", required=True, help="output directory (seqrec interactions format)")
+    p.add_argument("--users", type=int, default=1_000_000, help="number of users (default 1000000)")
+    p.add_argument("--items", type=int, default=4_800_000, help="number of items (default 4800000)")
+    p.add_argument("--mean-events", type=float, default=91, help="mean events per user (default 91)")
+    p.add_argument("--max-events", type=int, default=100, help="most events per user (default 100)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("taac-infer", help="TAAC: top-10 creative_ids per test user of an evaluation directory")
+    p.add_argument("run", help="run directory or checkpoint trained on a TAAC training directory")
+    p.add_argument("--eval-dir", required=True, help="directory with predict_seq.jsonl and predict_set.jsonl")
+    p.add_argument("--out", required=True, help="result file: JSON lines {user_id, creative_ids}, input order")
+    p.add_argument("--data", help="the TAAC training directory (default: the one the model was trained on)")
+    p.add_argument("--k", type=int, default=10, help="creative_ids per user (default 10)")
+    p.add_argument("--exclude-seen", action="store_true", help="never return a creative from the user's history")
+    p.add_argument("--batch-size", type=int, default=512, help="users per encoder batch (default 512)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_taac_infer)
+
+    p = sub.add_parser("taac-generate", help="write a small synthetic dataset in the TAAC layout (train/ and eval/)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--users", type=int, default=2000, help="training users (default 2000)")
+    p.add_argument("--items", type=int, default=1000, help="training items (default 1000)")
+    p.add_argument("--mean-length", type=int, default=20, help="mean item records per user (default 20)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_taac_generate)
     return parser
 
 
@@ -139,7 +318,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except (ConfigError, ValueError, FileNotFoundError, PermissionError, RuntimeError) as exc:
+    except (ConfigError, ValueError, OSError, RuntimeError) as exc:
+        # OSError: a path that is a file where a directory is needed, a full or read-only disk, ...
         print(f"seqrec {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -8,6 +8,7 @@ warnings. Each component receives only its own section.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -26,7 +27,13 @@ class DataConfig:
     """Where the interaction log comes from and how it is read."""
 
     path: str | None = None  # interaction log; None = the built-in synthetic dataset
-    format: str = "auto"  # auto | sasrec | csv | tsv | parquet (auto: by file suffix; .txt -> sasrec)
+    format: str = "auto"  # auto | sasrec | csv | tsv | parquet | seqrec (auto: by suffix, .txt -> sasrec; a directory -> seqrec, see data/storage.py)
+    # taac: a TAAC 2025 training directory (data/taac.py); auto picks it for a directory holding seq.jsonl
+    # Side features (data/features.py). None: the ones the data carries (a TAAC directory's; other formats
+    # have none) | "none": none | "ml-1m": movies.dat/users.dat/sas_to_original_*.txt next to data.path |
+    # "beauty": Beauty_item2attributes.json next to data.path | "taac": the TAAC directory's own | a path:
+    # a directory holding one of those sets, or a {raw_item_id: [attribute ids]} JSON file
+    features: str | None = None
     user_col: str = "user_id"  # CSV/TSV/Parquet column holding the user id
     item_col: str = "item_id"  # CSV/TSV/Parquet column holding the item id
     time_col: str | None = None  # optional timestamp column; events are stably sorted by it per user
@@ -38,7 +45,7 @@ class DataConfig:
     synthetic_seed: int = 0
 
     def __post_init__(self) -> None:
-        _check_choice("data.format", self.format, ("auto", "sasrec", "csv", "tsv", "parquet"))
+        _check_choice("data.format", self.format, ("auto", "sasrec", "csv", "tsv", "parquet", "seqrec", "taac"))
         _check_choice("data.on_bad_line", self.on_bad_line, ("error", "skip"))
         if self.kcore < 0:
             raise ConfigError(f"data.kcore must be >= 0, got {self.kcore}")
@@ -57,6 +64,13 @@ class ModelConfig:
     dropout: float = 0.2  # dropout on embeddings, attention and feed-forward
     norm_first: bool = True  # pre-LN (True) or the original post-LN (False)
     tied_embeddings: bool = True  # score candidates with the input item table (False: a separate output table)
+    # Side features (model/features.py); they need data.features. The item tower embeds every item, on the
+    # input side and as a candidate, from its features (and its id unless use_item_id is false).
+    item_features: bool = True  # embed items with their side features when the data has any (False: ids only)
+    use_item_id: bool = True  # include the learned id embedding in the item tower (False: features only)
+    user_features: str = "none"  # none | token: a user vector before the first item | add: added at every position
+    tower_activation: str = "relu"  # relu (the TAAC baseline) | gelu | none, after the tower's fusing Linear
+    vector_buffer_max_dim: int = 256  # item vectors up to this dim live in the checkpoint; wider ones are re-read from data.features at load
 
     def __post_init__(self) -> None:
         if self.maxlen < 1:
@@ -67,6 +81,10 @@ class ModelConfig:
             raise ConfigError(f"model.num_heads ({self.num_heads}) must divide model.hidden_dim ({self.hidden_dim})")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        _check_choice("model.user_features", self.user_features, ("none", "token", "add"))
+        _check_choice("model.tower_activation", self.tower_activation, ("relu", "gelu", "none"))
+        if self.vector_buffer_max_dim < 0:
+            raise ConfigError(f"model.vector_buffer_max_dim must be >= 0, got {self.vector_buffer_max_dim}")
 
 
 @dataclass(frozen=True)
@@ -82,6 +100,9 @@ class LossConfig:
     mode: str = "pool"  # pool (the note) | full (whole-catalogue softmax) | auto (full when catalogue < pool)
     extra_pos_negatives: bool = False  # add other rows' positives to the pool, logQ-corrected
     history_mask: bool = False  # mask pool entries that are in the row's own user history
+    # Weight of a position by the action type of its positive (exposure, click, conversion); the loss is
+    # the weighted mean over valid positions (0 drops a type). None: unweighted. Needs actions (TAAC data).
+    action_weights: tuple[float, float, float] | None = None
 
     def __post_init__(self) -> None:
         _check_choice("loss.name", self.name, ("infonce", "bce"))
@@ -96,6 +117,8 @@ class LossConfig:
             raise ConfigError(f"loss.pool_size must be >= 1 or null, got {self.pool_size}")
         if self.name == "bce" and (self.mode != "pool" or self.extra_pos_negatives or self.learnable_temperature):
             raise ConfigError("loss.mode, loss.extra_pos_negatives and loss.learnable_temperature apply to infonce only")
+        if self.action_weights is not None and (min(self.action_weights) < 0 or max(self.action_weights) <= 0):
+            raise ConfigError(f"loss.action_weights must be >= 0 with one > 0, got {self.action_weights}")
 
 
 @dataclass(frozen=True)
@@ -103,7 +126,7 @@ class TrainConfig:
     """Optimisation and the training schedule."""
 
     epochs: int = 200  # maximum number of epochs
-    batch_size: int = 128  # sequences per step
+    batch_size: int = 128  # sequences per optimizer step, over all ranks (the global batch)
     lr: float = 1e-3  # peak learning rate
     weight_decay: float = 0.0  # AdamW decoupled weight decay (0 = plain Adam behaviour)
     betas: tuple[float, float] = (0.9, 0.98)  # Adam betas
@@ -115,19 +138,28 @@ class TrainConfig:
     patience: int = 5  # stop after this many validations without improvement (0 = never stop early)
     max_minutes: float | None = None  # wall-clock budget for training (None = unlimited)
     checkpoint_every_steps: int = 0  # also save `last` every N steps inside an epoch (0 = at epoch ends only)
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    device: str = "auto"  # auto | cpu | cuda | cuda:N (under torchrun: auto/cuda = cuda:LOCAL_RANK)
     num_threads: int = 0  # torch intra-op threads on CPU (0 = torch default)
+    # GPU fast paths; the CPU defaults leave training bit-for-bit as it was. On CUDA, TF32 matmuls are on.
+    precision: str = "fp32"  # fp32 | bf16: the encoder runs under bfloat16 autocast, losses stay float32
+    compile: bool = False  # torch.compile the encoder for training (evaluation uses the plain module)
+    num_workers: int = 0  # DataLoader processes building batches (0 = in the training process)
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.eval_every < 1:
             raise ConfigError("train.epochs, train.batch_size and train.eval_every must be >= 1")
         if self.lr <= 0:
             raise ConfigError(f"train.lr must be > 0, got {self.lr}")
+        if self.lr > 3.4e38:  # the optimizer keeps it as float32; beyond this torch fails with a vague overflow
+            raise ConfigError(f"train.lr must fit in float32 (<= 3.4e38), got {self.lr}")
         if self.weight_decay < 0 or self.warmup_steps < 0 or self.patience < 0 or self.checkpoint_every_steps < 0:
             raise ConfigError("train.weight_decay, warmup_steps, patience, checkpoint_every_steps must be >= 0")
         _check_choice("train.lr_decay", self.lr_decay, ("none", "cosine"))
         if self.clip_grad_norm is not None and self.clip_grad_norm <= 0:
             raise ConfigError(f"train.clip_grad_norm must be > 0 or null, got {self.clip_grad_norm}")
+        _check_choice("train.precision", self.precision, ("fp32", "bf16"))
+        if self.num_workers < 0:
+            raise ConfigError(f"train.num_workers must be >= 0, got {self.num_workers}")
 
 
 @dataclass(frozen=True)
@@ -192,7 +224,20 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         return tuple(_coerce(v, a, where) for v, a in zip(value, args, strict=True))
     if annotation is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {type(value).__name__} {value!r}")
+            hint = ""
+            if isinstance(value, str) and _looks_numeric(value):
+                # PyYAML follows YAML 1.1, where a float needs a dot and a signed exponent: 1e-3 and
+                # 1.0e3 are strings there, 1.0e-3 and 1.0e+3 are floats.
+                mantissa, e, exponent = value.lower().partition("e")
+                if e:
+                    mantissa = mantissa if "." in mantissa else f"{mantissa}.0"
+                    exponent = exponent if exponent[:1] in ("+", "-") else f"+{exponent}"
+                    hint = f" (YAML reads {value} as text; write {mantissa}e{exponent})"
+                else:
+                    hint = " (write it without quotes)"
+            raise ConfigError(f"{where}: expected a number, got {type(value).__name__} {value!r}{hint}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
         return float(value)
     if annotation is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -209,10 +254,18 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     raise ConfigError(f"{where}: unsupported annotation {annotation!r}")
 
 
+def _looks_numeric(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _build(cls: type, values: dict[str, Any], where: str) -> Any:
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
+    unknown = sorted(map(str, set(values) - names))  # str: YAML keys may be ints or null
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
     kwargs = {}
@@ -229,15 +282,23 @@ def config_from_dict(values: dict[str, Any], where: str = "config") -> RunConfig
     if not isinstance(values, dict):
         raise ConfigError(f"{where}: expected a mapping of sections, got {type(values).__name__}")
     hints = typing.get_type_hints(RunConfig)
-    unknown = sorted(set(values) - set(hints))
+    unknown = sorted(map(str, set(values) - set(hints)))  # str: YAML keys may be ints or null
     if unknown:
         raise ConfigError(f"{where}: unknown section(s) {', '.join(unknown)}; known: {', '.join(hints)}")
     sections = {}
     for name, cls in hints.items():
-        section = values.get(name) or {}
+        section = values.get(name)
+        if section is None:  # absent, or an empty "model:" line in YAML
+            section = {}
         if not isinstance(section, dict):
-            raise ConfigError(f"{where}: section {name} must be a mapping, got {type(section).__name__}")
-        sections[name] = _build(cls, section, name)
+            raise ConfigError(f"{where}: section {name} must be a mapping, got {type(section).__name__} {section!r}")
+        try:
+            sections[name] = _build(cls, section, name)
+        except ConfigError as exc:
+            # Name the file the value came from; the default "config" adds nothing.
+            if where == "config" or str(exc).startswith(where):
+                raise
+            raise ConfigError(f"{where}: {exc}") from None
     return RunConfig(**sections)
 
 
@@ -267,22 +328,49 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     return section, name, value
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key repeated in one mapping (plain PyYAML silently keeps the last one)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                repeated = key in seen
+            except TypeError:  # unhashable key: super() reports it as a YAML error
+                continue
+            if repeated:
+                line = key_node.start_mark.line + 1
+                raise ConfigError(f"{self.name}:{line}: key {key!r} appears more than once in the same mapping")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """Defaults, then an optional YAML file, then ``section.key=value`` overrides."""
     values: dict[str, Any] = {}
     where = "config"
     if path is not None:
         path = Path(path)
+        if path.is_dir():
+            raise ConfigError(f"{path}: is a directory; --config expects a YAML file")
         if not path.is_file():
             raise FileNotFoundError(f"config file not found: {path}")
         try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+            loader = _UniqueKeyLoader(path.read_text(encoding="utf-8"))
+            loader.name = str(path)
+            try:
+                loaded = loader.get_single_data()
+            finally:
+                loader.dispose()
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); expected a YAML file") from exc
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
         values = loaded or {}
         if not isinstance(values, dict):
-            raise ConfigError(f"{path}: expected a mapping of sections at the top level")
-        where = str(path)
+            raise ConfigError(f"{path}: expected a mapping of sections at the top level, got {type(values).__name__}")
+        where = str(path) if not overrides else f"{path} (with --set overrides)"
     values = {k: dict(v) if isinstance(v, dict) else v for k, v in values.items()}
     for text in overrides:
         section, name, value = parse_override(text)

@@ -57,9 +57,14 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
                     line = raw.decode("utf-8")
                 except UnicodeDecodeError as exc:
                     raise DataError(f"{path}:{lineno}: not valid UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+                if lineno == 1:
+                    # Spreadsheet exports often start with a UTF-8 byte-order mark; it is not part of the data.
+                    line = line.removeprefix("\ufeff")
                 yield lineno, line.rstrip("\r\n")
     except (EOFError, lzma.LZMAError, gzip.BadGzipFile, zlib.error, OSError) as exc:
-        raise DataError(f"{path}:{lineno + 1}: compressed stream is truncated or corrupt ({exc})") from exc
+        # Decompression runs in blocks ahead of the lines, so the damage lies somewhere after this point.
+        where = f"after line {lineno}" if lineno else "before the first line"
+        raise DataError(f"{path}: compressed stream is truncated or corrupt {where} ({exc})") from exc
 
 
 def _detect_format(path: Path, fmt: str) -> str:
@@ -78,13 +83,21 @@ def _detect_format(path: Path, fmt: str) -> str:
     return "sasrec"
 
 
+_INT64_MAX = 2**63 - 1
+
+
 def _parse_positive_int(token: str, path: Path, lineno: int, field: str) -> int:
-    try:
-        value = int(token)
-    except ValueError:
-        raise DataError(f"{path}:{lineno}: field {field}: expected a positive integer id, got {token!r}") from None
+    # ASCII digits only: int() also accepts "1_0", "+5" and non-ASCII digits, which would silently
+    # merge distinct raw ids; ids must also fit the int64 arrays they are stored in.
+    if not (token.isascii() and token.isdigit()):
+        if token.isascii() and token.startswith("-") and token[1:].isdigit():
+            raise DataError(f"{path}:{lineno}: field {field}: id must be >= 1 (0 is reserved for padding), got {token}")
+        raise DataError(f"{path}:{lineno}: field {field}: expected a positive integer id, got {token[:40]!r}")
+    value = int(token)
     if value <= 0:
         raise DataError(f"{path}:{lineno}: field {field}: id must be >= 1 (0 is reserved for padding), got {value}")
+    if value > _INT64_MAX:
+        raise DataError(f"{path}:{lineno}: field {field}: id {token[:40]} does not fit in 64 bits")
     return value
 
 
@@ -95,6 +108,8 @@ def read_sasrec(path: Path, on_bad_line: str = "error") -> tuple[np.ndarray, np.
     skipped = 0
     for lineno, line in _lines(path):
         parts = line.split()
+        if not parts:
+            continue  # blank lines (e.g. a trailing newline pair) carry no event, as in CSV/TSV
         try:
             if len(parts) != 2:
                 raise DataError(
@@ -111,7 +126,7 @@ def read_sasrec(path: Path, on_bad_line: str = "error") -> tuple[np.ndarray, np.
     if skipped:
         log.warning("%s: skipped %d malformed line(s) (data.on_bad_line=skip)", path, skipped)
     if not users:
-        raise DataError(f"{path}: no interactions (empty file)")
+        raise DataError(f"{path}: no interactions (empty file or blank lines only)")
     return np.asarray(users, dtype=np.int64), np.asarray(items, dtype=np.int64), None
 
 
@@ -132,11 +147,14 @@ def read_delimited(path: Path, config: DataConfig, delimiter: str) -> tuple[np.n
         _, header_line = next(rows)
     except StopIteration:
         raise DataError(f"{path}: empty file (expected a header row)") from None
-    header = next(csv.reader([header_line], delimiter=delimiter))
+    header = _split_row(header_line, delimiter, path, 1)
     wanted = [config.user_col, config.item_col] + ([config.time_col] if config.time_col else [])
     missing = [c for c in wanted if c not in header]
     if missing:
-        raise DataError(f"{path}:1: missing column(s) {', '.join(map(repr, missing))}; header has {header}")
+        raise DataError(f"{path}:1: missing column(s) {', '.join(map(repr, missing))}; header has {header[:20]}")
+    repeated = [c for c in wanted if header.count(c) > 1]
+    if repeated:
+        raise DataError(f"{path}:1: column(s) {', '.join(map(repr, repeated))} appear more than once in the header")
     cols = [header.index(c) for c in wanted]
     users: list[str] = []
     items: list[str] = []
@@ -145,8 +163,8 @@ def read_delimited(path: Path, config: DataConfig, delimiter: str) -> tuple[np.n
     for lineno, line in rows:
         if not line.strip():
             continue
-        fields = next(csv.reader([line], delimiter=delimiter))
         try:
+            fields = _split_row(line, delimiter, path, lineno)
             if len(fields) != len(header):
                 raise DataError(f"{path}:{lineno}: expected {len(header)} fields, got {len(fields)}")
             user, item = fields[cols[0]].strip(), fields[cols[1]].strip()
@@ -175,16 +193,29 @@ def read_delimited(path: Path, config: DataConfig, delimiter: str) -> tuple[np.n
     )
 
 
+def _split_row(line: str, delimiter: str, path: Path, lineno: int) -> list[str]:
+    try:
+        return next(csv.reader([line], delimiter=delimiter))
+    except csv.Error as exc:  # e.g. a field over csv.field_size_limit()
+        raise DataError(f"{path}:{lineno}: malformed {'TSV' if delimiter == chr(9) else 'CSV'} row ({exc})") from exc
+
+
+def _is_int64_text(value: str) -> bool:
+    # ASCII digits only: int() would also accept "1_0" or non-ASCII digits and merge them with "10".
+    digits = value[1:] if value.startswith("-") else value
+    return digits.isascii() and digits.isdigit() and -_INT64_MAX - 1 <= int(value) <= _INT64_MAX
+
+
 def _maybe_numeric(values: list[str]) -> np.ndarray:
     """Integer ids stay integers (so ``7`` and ``07`` are one user); anything else stays a string."""
-    try:
+    if all(_is_int64_text(v) for v in values):
         return np.asarray([int(v) for v in values], dtype=np.int64)
-    except ValueError:
-        return np.asarray(values, dtype=object)
+    return np.asarray(values, dtype=object)
 
 
 def read_parquet(path: Path, config: DataConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     try:
+        import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError as exc:  # pragma: no cover - depends on the extra
         raise DataError(f"{path}: reading Parquet needs pyarrow (pip install 'seqrec[parquet]')") from exc
@@ -201,9 +232,16 @@ def read_parquet(path: Path, config: DataConfig) -> tuple[np.ndarray, np.ndarray
     out = []
     for c in wanted[:2]:
         col = table.column(c)
+        if pa.types.is_dictionary(col.type):  # pandas categoricals arrive dictionary-encoded
+            col = col.cast(col.type.value_type)
+        # Only integer and text ids survive the round trip through the checkpoint's id maps unchanged.
+        if not (pa.types.is_integer(col.type) or pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+            raise DataError(f"{path}: column {c!r}: ids must be integers or strings, got type {col.type}")
         if col.null_count:
             raise DataError(f"{path}: column {c!r} has {col.null_count} null id(s)")
         values = col.to_numpy(zero_copy_only=False)
+        if values.dtype == np.uint64 and len(values) and values.max() > _INT64_MAX:
+            raise DataError(f"{path}: column {c!r}: id {values.max()} does not fit in 64-bit signed ids")
         out.append(values.astype(np.int64) if np.issubdtype(values.dtype, np.integer) else values.astype(object))
     times = None
     if config.time_col:
@@ -267,6 +305,18 @@ def read_interactions(config: DataConfig) -> Interactions:
     path = Path(config.path)
     if not path.exists():
         raise FileNotFoundError(f"data file not found: {path}")
+    if config.format == "taac" or (config.format == "auto" and (path / "seq.jsonl").is_file()):
+        from seqrec.data.features import read_dataset  # one TAAC reader for interactions and features
+
+        return read_dataset(config)[0]
+    if config.format == "seqrec" or (config.format == "auto" and path.is_dir()):
+        from seqrec.data.storage import is_interactions_dir, load_interactions
+
+        if not is_interactions_dir(path):
+            raise DataError(f"{path}: not a seqrec interactions directory (no meta.json of that format)")
+        if config.kcore > 1:
+            raise DataError(f"{path}: data.kcore is not applied to a saved seqrec directory; filter before saving")
+        return load_interactions(path)  # memory-mapped; events are already in order
     if path.is_dir():
         raise DataError(f"{path}: is a directory; expected an interaction log file")
     fmt = _detect_format(path, config.format)
@@ -279,7 +329,10 @@ def read_interactions(config: DataConfig) -> Interactions:
     else:
         users, items, times = read_parquet(path, config)
     if config.kcore > 1:
-        users, items, times = kcore_filter(users, items, times, config.kcore)
+        try:
+            users, items, times = kcore_filter(users, items, times, config.kcore)
+        except DataError as exc:  # kcore_filter works on arrays and does not know the file
+            raise DataError(f"{path}: {exc} (data.kcore={config.kcore})") from None
     inter = build_interactions(users, items, times)
     _warn_duplicates(inter, path)
     return inter

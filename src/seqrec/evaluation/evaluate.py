@@ -69,13 +69,18 @@ def model_ranks(
     *,
     device: torch.device | str = "cpu",
     progress: bool = False,
+    share: slice = slice(None),
 ) -> np.ndarray:
-    """Ranks of the ``stage`` ('valid' or 'test') targets for every evaluated user."""
+    """Ranks of the ``stage`` ('valid' or 'test') targets, one per evaluated user.
+
+    ``share`` selects a contiguous part of ``split.eval_users`` (a distributed rank's share); the ranks
+    come back in that order.
+    """
     was_training = model.training
     model.eval()
-    users = split.eval_users
-    lengths = split.history_lengths(stage)
-    targets = split.targets(stage)
+    users = split.eval_users[share]
+    lengths = split.history_lengths(stage)[share]
+    targets = split.targets(stage)[share]
     inter = split.interactions
     maxlen = model.config.maxlen
     items = model.item_embeddings().to(device)
@@ -87,7 +92,7 @@ def model_ranks(
         starts = inter.offsets[u]
         width = int(min(max(n.max(initial=1), 1), maxlen))  # padding-invariant encoder: trim to the longest
         window = torch.from_numpy(left_padded_windows(inter.items, starts, starts + n, width)).to(device)
-        scores = score_items(model.user_embeddings(window), items, similarity)  # (b, I + 1)
+        scores = score_items(model.user_embeddings(window, torch.from_numpy(u).to(device)), items, similarity)  # (b, I + 1)
         seen = seen_mask(_full_histories(split, u, n).to(device), inter.num_items) if config.filter_seen else None
         t = torch.from_numpy(targets[sl]).to(device)
         out[sl] = ranks_from_scores(scores, t, seen).cpu().numpy()

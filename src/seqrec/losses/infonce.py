@@ -33,6 +33,7 @@ from seqrec.losses.distributed import (
     is_distributed,
     world_size,
 )
+from seqrec.losses.weighting import weighted_ce_sum
 
 __all__ = [
     "choose_infonce_mode",
@@ -42,10 +43,11 @@ __all__ = [
 ]
 
 _NORM_EPS = 1e-12
-# A tile spans at most _COL_BLOCK_FACTOR * chunk_size pool columns (pools narrower than that are done in
-# one pass) and at most chunk_size rows, fewer when it would exceed _TILE_ELEMS elements (64 MiB in
-# float32): the memory bound stays O(chunk x pool) while wide pools don't get 400 MB tiles.
-_COL_BLOCK_FACTOR = 4
+# A tile spans at most _COL_BLOCK_FACTOR * chunk_size pool columns (pools narrower than that, 131,072 by
+# default, are done in one pass) and at most chunk_size rows, fewer when it would exceed _TILE_ELEMS
+# elements (64 MiB in float32): the memory bound stays O(chunk x pool), and a wide pool gets a few hundred
+# rows per tile rather than a 400 MB tile; smaller tiles measured no faster (GEMMs get thin).
+_COL_BLOCK_FACTOR = 32
 _TILE_ELEMS = 1 << 24
 
 
@@ -122,27 +124,27 @@ def _pair_edges(mask_rows: torch.Tensor, starts: list[int], n: int) -> list[int]
 def _tile_logits(
     q: torch.Tensor,
     pool: torch.Tensor,
-    bias: torch.Tensor | None,
     c0: int,
     c1: int,
     rows: torch.Tensor,
     cols: torch.Tensor,
     single_block: bool,
+    buffer: torch.Tensor,
 ) -> torch.Tensor:
-    """Masked logits of one tile.
+    """Masked logits of one tile, written into ``buffer``.
 
     Args:
-        q: (C, D) scaled queries of the row tile.
-        pool: (U, D) pool vectors; columns ``c0:c1`` are used.
-        bias: (U,) additive logit bias or None.
+        q: (C, D') queries of the row tile (bias-augmented, see :class:`_SoftmaxCESum`).
+        pool: (U, D') pool vectors; columns ``c0:c1`` are used.
         rows, cols: (M,) masked pairs of this row tile (rows relative to the tile, cols absolute).
         single_block: the block is the whole pool, so no column filtering is needed.
+        buffer: flat scratch of at least C * (c1 - c0) elements, reused by every tile: a fresh tile-sized
+            allocation each time costs page faults that made the GEMM ~1.5x slower on CPU.
 
     Returns:
-        (C, c1 - c0) logits, masked entries ``-inf``.
+        (C, c1 - c0) view of ``buffer``: the logits, masked entries ``-inf``.
     """
-    block = pool[c0:c1]
-    s = q @ block.T if bias is None else torch.addmm(bias[c0:c1], q, block.T)
+    s = torch.mm(q, pool[c0:c1].T, out=buffer[: q.shape[0] * (c1 - c0)].view(q.shape[0], c1 - c0))
     if rows.numel():
         if not single_block:
             inside = (cols >= c0) & (cols < c1)
@@ -151,15 +153,24 @@ def _tile_logits(
     return s
 
 
-def _accumulate(w, q, pool, c0, c1, r0, r1, grads) -> None:
-    """Add one tile's contribution: ``w`` (C, c1 - c0) holds d loss / d logits of the tile."""
-    grad_q, _, grad_pool, grad_bias = grads
+def _accumulate(e, weight, q, pool, c0, c1, r0, r1, grad_q, grad_pool) -> None:
+    """Add one tile's gradient contribution, d loss / d logits = ``weight[:, None] * e``.
+
+    The row weights are applied to the (C, D) factors, not to the (C, U) tile: one pass over the tile
+    fewer.
+
+    Args:
+        e: (C, c1 - c0) tile of exp(logit - row shift).
+        weight: (C,) per-row factors.
+        q: (C, D') queries of the tile; pool: (U, D') pool vectors (bias-augmented when D' = D + 1).
+        grad_q: (N, D) or None; grad_pool: (U, D') or None, accumulated in place.
+    """
     if grad_q is not None:
-        grad_q[r0:r1].addmm_(w, pool[c0:c1])
+        # grad_q has the original D columns: the bias column of the pool is skipped.
+        grad_q[r0:r1] += torch.mm(e, pool[c0:c1, : grad_q.shape[1]]) * weight[:, None]
     if grad_pool is not None:
-        grad_pool[c0:c1].addmm_(w.T, q)
-    if grad_bias is not None:
-        grad_bias[c0:c1] += w.sum(dim=0)
+        # With the ones column of q, the last column of this product is the bias gradient.
+        grad_pool[c0:c1].addmm_(e.T, q * weight[:, None])
 
 
 class _SoftmaxCESum(torch.autograd.Function):
@@ -170,43 +181,51 @@ class _SoftmaxCESum(torch.autograd.Function):
     scalar, so its gradients are the forward-time gradients times one number: forward computes them
     tile by tile (``d loss / d logits = scale * softmax``) and backward only rescales. That reads each
     tile once instead of computing it in forward and again in backward, and never holds more than one
-    tile (peak extra memory ``tile_rows x min(U, 4 * chunk_size)``, plus (N + U) x D for the gradients).
+    tile (peak extra memory ``tile_rows x min(U, 32 * chunk_size)`` with ``tile_rows <= chunk_size``, at
+    most 2**24 elements unless a single row is wider, plus (N + U) x D for the gradients).
 
-    A pool wider than ``4 * chunk_size`` columns is split into column blocks: a first sweep keeps a
+    A pool wider than ``32 * chunk_size`` columns is split into column blocks: a first sweep keeps a
     running (max, sum) per row, a second recomputes the tiles for the gradients.
     """
 
     @staticmethod
-    def forward(ctx, queries, pos_logit, pool, bias, mask_rows, mask_cols, include_pos, scale, chunk_size):
-        n, u = queries.shape[0], pool.shape[0]
+    def forward(
+        ctx, queries, pos_logit, pool, bias, mask_rows, mask_cols, include_pos, scale, chunk_size, grad_mode
+    ):
+        n, u, d = queries.shape[0], pool.shape[0], queries.shape[1]
+        if bias is not None:
+            # q' = [q, 1], v' = [v, bias]: the GEMM adds the bias (no extra pass over each tile) and the
+            # last column of grad_v' is the bias gradient.
+            queries = torch.cat([queries, queries.new_ones((n, 1))], dim=1)
+            pool = torch.cat([pool, bias[:, None]], dim=1)
         col_block = chunk_size * _COL_BLOCK_FACTOR
         blocks = [(c0, min(u, c0 + col_block)) for c0 in range(0, u, col_block)]
         single = len(blocks) <= 1
         step = _tile_rows(min(u, col_block), chunk_size)
         starts = list(range(0, n, step))
         edges = _pair_edges(mask_rows, starts, n) if mask_rows.numel() else [0] * (len(starts) + 1)
-        need = ctx.needs_input_grad
-        grads = (
-            torch.zeros_like(queries) if need[0] else None,
-            torch.zeros_like(pos_logit) if need[1] else None,
-            torch.zeros_like(pool) if need[2] else None,
-            torch.zeros_like(bias) if bias is not None and need[3] else None,
-        )
-        want_grads = any(g is not None for g in grads)
+        # Inside forward grad mode is always off and needs_input_grad ignores torch.no_grad(), so the
+        # caller's grad mode comes in as an argument: no gradient work under no_grad / in evaluation.
+        need_q, need_pos, need_pool, need_bias = (grad_mode and need for need in ctx.needs_input_grad[:4])
+        grad_q = queries.new_zeros((n, d)) if need_q else None
+        grad_pos = torch.zeros_like(pos_logit) if need_pos else None
+        grad_pool = torch.zeros_like(pool) if need_pool or (bias is not None and need_bias) else None
+        want_grads = need_q or need_pos or grad_pool is not None
+        buffer = queries.new_empty(step * min(u, col_block))
         total = queries.new_zeros(())
         for i, r0 in enumerate(starts):
             r1 = min(n, r0 + step)
             q, pos = queries[r0:r1], pos_logit[r0:r1]
             rows, cols = mask_rows[edges[i] : edges[i + 1]] - r0, mask_cols[edges[i] : edges[i + 1]]
-            # Running max/sum over [pos] + column blocks; a single block is one pass.
-            # run_sum is relative to shift = run_max, or to 0 while a row has nothing (run_max -inf):
-            # that avoids (-inf) - (-inf) = nan, and exp(run_max - shift) is then 0, never inf * 0.
+            # Running max/sum over [pos] + column blocks (a single block is one pass). run_sum is
+            # relative to shift = run_max, or to 0 while a row has nothing (run_max -inf): that avoids
+            # (-inf) - (-inf) = nan, and exp(run_max - shift) is then 0, never inf * 0.
             run_max = pos if include_pos else torch.full_like(pos, float("-inf"))
             run_sum = torch.ones_like(pos) if include_pos else torch.zeros_like(pos)
             shift = pos if include_pos else torch.zeros_like(pos)
             tile = None
             for c0, c1 in blocks:
-                tile = _tile_logits(q, pool, bias, c0, c1, rows, cols, single)
+                tile = _tile_logits(q, pool, c0, c1, rows, cols, single, buffer)
                 new_max = torch.maximum(run_max, tile.amax(dim=1))
                 shift = torch.where(torch.isfinite(new_max), new_max, torch.zeros_like(new_max))
                 run_sum = run_sum * torch.exp(run_max - shift) + tile.sub_(shift[:, None]).exp_().sum(dim=1)
@@ -215,20 +234,24 @@ class _SoftmaxCESum(torch.autograd.Function):
             total = total + (lse - pos).sum()
             if not want_grads:
                 continue
-            # d/dlogit = scale * softmax; rows with nothing left (run_sum 0) get weight 0, not nan.
+            # d loss / d logit = scale * softmax; a row with nothing left (run_sum 0) gets 0, not nan.
             weight = torch.where(run_sum > 0, scale / run_sum, torch.zeros_like(run_sum))
-            if grads[1] is not None:
-                grads[1][r0:r1] = (torch.exp(pos - shift) * weight if include_pos else 0.0) - scale
+            if grad_pos is not None:
+                grad_pos[r0:r1] = (torch.exp(pos - shift) * weight if include_pos else 0.0) - scale
             if single and tile is not None:
-                # The tile already holds exp(logit - shift): one in-place multiply gives the weights.
-                _accumulate(tile.mul_(weight[:, None]), q, pool, *blocks[0], r0, r1, grads)
+                # The tile already holds exp(logit - shift): d loss / d logit = weight * tile.
+                _accumulate(tile, weight, q, pool, *blocks[0], r0, r1, grad_q, grad_pool)
             elif not single:
                 lse_safe = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
+                uniform = torch.full_like(lse, scale)
                 for c0, c1 in blocks:
-                    tile = _tile_logits(q, pool, bias, c0, c1, rows, cols, single)
-                    tile.sub_(lse_safe[:, None]).exp_().mul_(scale)
-                    _accumulate(tile, q, pool, c0, c1, r0, r1, grads)
-            del tile
+                    tile = _tile_logits(q, pool, c0, c1, rows, cols, single, buffer)
+                    tile.sub_(lse_safe[:, None]).exp_()
+                    _accumulate(tile, uniform, q, pool, c0, c1, r0, r1, grad_q, grad_pool)
+        grads = [grad_q, grad_pos, None, None]
+        if grad_pool is not None:
+            grads[2] = grad_pool[:, :d] if need_pool else None
+            grads[3] = grad_pool[:, d] if bias is not None and need_bias else None
         ctx.save_for_backward(*(g for g in grads if g is not None))
         ctx.present = [g is not None for g in grads]
         return total * scale
@@ -238,7 +261,7 @@ class _SoftmaxCESum(torch.autograd.Function):
     def backward(ctx, grad_out):
         saved = iter(ctx.saved_tensors)
         grads = [next(saved) * grad_out if present else None for present in ctx.present]
-        return (*grads, None, None, None, None, None)
+        return (*grads, None, None, None, None, None, None)
 
 
 def _softmax_ce_sum(
@@ -263,7 +286,7 @@ def _softmax_ce_sum(
         mask_rows, mask_cols: (M,) int64 masked (row, column) pairs, sorted by row.
         include_pos: the positive is an extra logit (in-batch pool) rather than a pool column (catalogue).
         scale: factor of the sum (1 / number of rows for a mean).
-        chunk_size: at most this many rows per tile; a tile spans at most ``4 * chunk_size`` columns.
+        chunk_size: at most this many rows per tile; a tile spans at most ``32 * chunk_size`` columns.
 
     Returns:
         0-dim tensor.
@@ -271,8 +294,9 @@ def _softmax_ce_sum(
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     return _SoftmaxCESum.apply(
-        queries, pos_logit, pool, bias, mask_rows, mask_cols, include_pos, float(scale), chunk_size
-    )
+        queries, pos_logit, pool, bias, mask_rows, mask_cols, include_pos, float(scale), chunk_size,
+        torch.is_grad_enabled(),
+    )  # fmt: skip
 
 
 def _mask_pairs(
@@ -371,6 +395,7 @@ def infonce_loss(
     history_ids: torch.Tensor | None = None,
     chunk_size: int = 4096,
     distributed: bool = False,
+    weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """In-batch InfoNCE over the pooled sampled negatives of all valid positions (see module docstring).
 
@@ -392,13 +417,17 @@ def infonce_loss(
             (pass zeros for no correction).
         history_ids: (B, H) int64, 0-padded; pool entries whose id is in the row's user history are
             masked (the row's positive logit never is).
-        chunk_size: rows per tile of the streamed log-sum-exp (a tile spans ``4 * chunk_size`` pool
-            columns); peak extra memory is one tile.
+        chunk_size: at most this many rows per tile of the streamed softmax (fewer when a tile would
+            pass 2**24 elements); a tile spans at most ``32 * chunk_size`` pool columns. Peak extra
+            memory is one tile plus O((rows + pool) x D).
         distributed: when ``torch.distributed`` is initialised, every rank's rows are scored against the
             pool of all ranks (gathered with gradient). The returned value is
             ``world_size / N_global * sum of this rank's row losses``, so the mean over ranks (what DDP's
             gradient averaging optimises) equals the single-process loss on the global batch, and
             ``pool_size`` caps each rank's contribution to the pool. Every rank must call it.
+        weights: optional (B, L) non-negative weight per position: the loss is then the weighted mean
+            ``sum w * loss / sum w`` over valid rows (see ``weighting.py``); every valid position's
+            negatives stay in the pool, whatever its weight.
 
     Returns:
         0-dim tensor: mean loss over valid rows (float32 for half/bfloat16 inputs). 0.0 with a zero
@@ -454,6 +483,9 @@ def infonce_loss(
         banned = torch.cat([banned, history_ids.to(y.device)[batch_idx]], dim=1)
     rows, cols = _mask_pairs(keys, banned, (0, 1) if extra_pos_negatives else (0,))
     scale = world_size() / n_global if use_dist else 1.0 / n_global
+    if weights is not None:
+        return weighted_ce_sum(_softmax_ce_sum, weights[batch_idx, pos_idx], q, pos_logit, pool, bias, rows, cols,
+                               include_pos=True, chunk_size=chunk_size, distributed=use_dist)
     return _softmax_ce_sum(
         q, pos_logit, pool, bias, rows, cols, include_pos=True, scale=scale, chunk_size=chunk_size
     )
@@ -468,6 +500,7 @@ def full_softmax_loss(
     *,
     history_ids: torch.Tensor | None = None,
     chunk_size: int = 4096,
+    weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Cosine/temperature cross-entropy of every valid position against the whole catalogue.
 
@@ -479,7 +512,9 @@ def full_softmax_loss(
         temperature: float or 0-dim tensor.
         history_ids: (B, H) int64, 0-padded; items of the row's user history are masked, except the
             row's own positive.
-        chunk_size: rows per tile (``4 * chunk_size`` catalogue columns per tile).
+        chunk_size: at most this many rows per tile; a tile spans at most ``32 * chunk_size`` catalogue
+            columns (wider catalogues are swept in column blocks).
+        weights: optional (B, L) non-negative weight per position: a weighted mean over valid rows.
 
     Returns:
         0-dim tensor: mean over valid rows of ``-log softmax(cos(q, items) / temperature)[pos]``;
@@ -502,6 +537,9 @@ def full_softmax_loss(
         hist = torch.where(hist == y[:, None], torch.zeros_like(hist), hist)
         rows, j = (hist > 0).nonzero(as_tuple=True)
         cols = hist[rows, j] - 1
+    if weights is not None:
+        return weighted_ce_sum(_softmax_ce_sum, weights[batch_idx, pos_idx], q, pos_logit, items, None, rows, cols,
+                               include_pos=False, chunk_size=chunk_size)
     return _softmax_ce_sum(
         q, pos_logit, items, None, rows, cols, include_pos=False, scale=1.0 / n, chunk_size=chunk_size
     )

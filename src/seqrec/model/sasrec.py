@@ -10,7 +10,10 @@ Deliberate deviations from the paper:
   window, so the output at a position depends neither on later items nor on the amount of padding;
 - queries at padding positions attend to themselves only (no NaN) and their outputs are zeroed;
 - a final LayerNorm on the output (also in the pre-LN variant, as in most pre-LN transformers);
-- optional untied output item table (``tied_embeddings=False``).
+- optional untied output item table (``tied_embeddings=False``);
+- optional side features (``model/features.py``): an item tower replaces the id table on both sides
+  (inputs and candidates), and a user vector is placed before the first item (``user_features=token``,
+  the TAAC baseline's way) or added at every position (``add``).
 """
 
 from __future__ import annotations
@@ -80,15 +83,26 @@ class SASRec(nn.Module):
     Args:
         num_items: catalogue size I; item ids are 1..I, ``PAD_ID = 0`` is padding.
         config: encoder shape.
+        item_tower: optional ``ItemTower``: item ids -> vectors from side features; it replaces the id
+            table (build it with ``seqrec.model.features.build_model``).
+        user_tower: optional ``UserFeatures``: user rows -> vectors, used as ``config.user_features`` says.
     """
 
-    def __init__(self, num_items: int, config: ModelConfig):
+    def __init__(self, num_items: int, config: ModelConfig, item_tower: nn.Module | None = None,
+                 user_tower: nn.Module | None = None):
         super().__init__()
         self.num_items = num_items
         self.config = config
         d = config.hidden_dim
-        self.item_emb = nn.Embedding(num_items + 1, d, padding_idx=PAD_ID)
-        self.pos_emb = nn.Embedding(config.maxlen, d)
+        if item_tower is not None and not config.tied_embeddings:
+            raise ValueError("an item tower embeds inputs and candidates alike; it needs model.tied_embeddings")
+        if (user_tower is None) != (config.user_features == "none"):
+            raise ValueError(f"model.user_features={config.user_features} needs a user tower exactly when not 'none'")
+        self.item_tower = item_tower
+        self.user_tower = user_tower
+        self.item_emb = nn.Embedding(num_items + 1, d, padding_idx=PAD_ID) if item_tower is None else None
+        # A user token takes one position before the first item.
+        self.pos_emb = nn.Embedding(config.maxlen + (config.user_features == "token"), d)
         self.emb_dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(
             Block(d, config.num_heads, config.dropout, config.norm_first) for _ in range(config.num_blocks)
@@ -108,11 +122,12 @@ class SASRec(nn.Module):
                     with torch.no_grad():
                         module.weight[module.padding_idx].zero_()
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
         """Encodes left-padded sequences.
 
         Args:
             input_ids: (B, L) int64 item ids, L <= maxlen, 0 = padding.
+            users: optional (B,) int64 user rows for the user tower; without them no user vector is used.
 
         Returns:
             (B, L, D) per-position sequence embeddings; rows at padding positions are zero.
@@ -121,9 +136,24 @@ class SASRec(nn.Module):
         if L > self.config.maxlen:
             raise ValueError(f"sequence length {L} exceeds model.maxlen {self.config.maxlen}")
         valid = input_ids != PAD_ID  # (B, L)
+        x = self._item_inputs(input_ids) * math.sqrt(self.config.hidden_dim)  # (B, L, D)
+        token = users is not None and self.config.user_features == "token"
+        if users is not None and self.config.user_features == "add":
+            x = x + self.user_tower(users).unsqueeze(1)
+        item_valid = valid
+        if token:
+            # One extra column on the left; the user vector goes just before the row's first item, so
+            # padding still only ever sits left of everything real.
+            rows = torch.arange(B, device=input_ids.device)
+            slot = L - valid.sum(1)  # (B,) column of the token in the (B, L + 1) layout
+            x = torch.cat([x.new_zeros(B, 1, x.shape[-1]), x], dim=1)
+            x[rows, slot] = self.user_tower(users).to(x.dtype)
+            valid = torch.cat([valid.new_zeros(B, 1), valid], dim=1)
+            valid[rows, slot] = True
+            L += 1
         # Position of each real item counted from the first real item of its row (padding invariance).
         positions = (torch.cumsum(valid.long(), dim=1) - 1).clamp(min=0)  # (B, L)
-        x = self.item_emb(input_ids) * math.sqrt(self.config.hidden_dim) + self.pos_emb(positions)
+        x = x + self.pos_emb(positions)
         x = self.emb_dropout(x) * valid.unsqueeze(-1)
         causal = torch.ones(L, L, dtype=torch.bool, device=input_ids.device).tril()
         eye = torch.eye(L, dtype=torch.bool, device=input_ids.device)
@@ -131,17 +161,27 @@ class SASRec(nn.Module):
         attn_mask = attn_mask.unsqueeze(1)  # (B, 1, L, L)
         for block in self.blocks:
             x = block(x, attn_mask)
-        return self.final_ln(x) * valid.unsqueeze(-1)
+        out = self.final_ln(x) * valid.unsqueeze(-1)
+        # The token's own output is not a prediction (and a row without items has no real position).
+        return out[:, 1:] * item_valid.unsqueeze(-1) if token else out
+
+    def _item_inputs(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.item_emb(ids) if self.item_tower is None else self.item_tower(ids)
 
     def item_embeddings(self, ids: torch.Tensor | None = None) -> torch.Tensor:
-        """Output-side item vectors: (..., D) for ``ids`` of any shape, or the whole table (I + 1, D)."""
+        """Output-side item vectors: (..., D) for ``ids`` of any shape, or the whole table (I + 1, D).
+
+        With an item tower the table is the tower over its whole catalogue, computed in chunks.
+        """
+        if self.item_tower is not None:
+            return self.item_tower.table() if ids is None else self.item_tower(ids)
         table = self.item_emb if self.out_emb is None else self.out_emb
         return table.weight if ids is None else table(ids)
 
     @torch.no_grad()
-    def user_embeddings(self, histories: torch.Tensor) -> torch.Tensor:
-        """(B, L) left-padded histories -> (B, D) encoder output at the last position."""
-        return self(histories)[:, -1, :]
+    def user_embeddings(self, histories: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, L) left-padded histories (and optional (B,) user rows) -> (B, D) output at the last position."""
+        return self(histories, users)[:, -1, :]
 
 
 def score_items(user_vecs: torch.Tensor, item_vecs: torch.Tensor, similarity: str) -> torch.Tensor:

@@ -24,9 +24,11 @@ from tqdm.auto import tqdm
 from seqrec.config import ModelConfig, config_from_dict
 from seqrec.data.batches import left_padded_windows
 from seqrec.data.dataset import Interactions
+from seqrec.data.features import read_dataset
+from seqrec.model.features import model_from_state, reload_vectors
 from seqrec.model.sasrec import SASRec
 from seqrec.retrieval.index import IndexConfig, build_index, search
-from seqrec.train.checkpoint import ids_from_list, load_checkpoint
+from seqrec.train.checkpoint import CheckpointError, ids_from_list, load_checkpoint
 
 
 @dataclass
@@ -46,9 +48,10 @@ class LoadedModel:
         return np.ascontiguousarray(vecs.numpy(), dtype=np.float32)
 
     @torch.no_grad()
-    def user_vectors(self, histories: torch.Tensor) -> np.ndarray:
-        """(B, L) left-padded histories -> (B, D) float32 user vectors, normalised for cosine."""
-        vecs = self.model.user_embeddings(histories).float()
+    def user_vectors(self, histories: torch.Tensor, users: torch.Tensor | None = None) -> np.ndarray:
+        """(B, L) left-padded histories (and optional (B,) user rows for user features) -> (B, D) float32
+        user vectors, normalised for cosine."""
+        vecs = self.model.user_embeddings(histories, users).float()
         if self.similarity == "cosine":
             vecs = F.normalize(vecs, dim=-1)
         return np.ascontiguousarray(vecs.numpy(), dtype=np.float32)
@@ -61,8 +64,12 @@ def load_model(path: str | Path) -> LoadedModel:
     similarity = state["similarity"]
     if similarity not in ("cosine", "dot"):
         raise ValueError(f"{state['path']}: unknown similarity {similarity!r} in checkpoint")
-    model = SASRec(state["num_items"], ModelConfig(**vars(config.model)))
-    model.load_state_dict(state["model"])
+    try:  # the feature towers' shapes come from the state dict itself (see model/features.py)
+        model = model_from_state(state["num_items"], ModelConfig(**vars(config.model)), state["model"])
+    except (RuntimeError, ValueError, TypeError, KeyError) as exc:  # missing, unexpected or mis-shaped weights
+        raise CheckpointError(f"{state['path']}: the model weights do not match the stored config ({exc})") from exc
+    if model.item_tower is not None and model.item_tower.unloaded_vectors:
+        reload_vectors(model, read_dataset(config.data)[1])  # wide vectors are not kept in checkpoints
     model.eval()
     return LoadedModel(model, similarity, ids_from_list(state["item_ids"]), ids_from_list(state["user_ids"]), state)
 
@@ -96,24 +103,35 @@ def recommend_batches(
     index_config: IndexConfig | None = None,
     batch_size: int = 1024,
     progress: bool = False,
+    index: Any = None,
+    candidates: np.ndarray | None = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Yields (user rows (b,), item ids (b, k) internal, scores (b, k)) batch by batch."""
+    """Yields (user rows (b,), item ids (b, k) internal, scores (b, k)) batch by batch.
+
+    ``index``: a faiss index over ``loaded.item_vectors()`` (row r = item r + 1) to search instead of
+    building one from ``index_config``. ``candidates``: internal item ids; only these may be returned.
+    A user left with fewer than k eligible items gets id 0 (and score -inf) in the remaining slots.
+    """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     if inter.num_items != loaded.model.num_items:
         raise ValueError(
             f"the data has {inter.num_items} items but the checkpoint was trained on {loaded.model.num_items}"
         )
-    index = build_index(loaded.item_vectors(), index_config or IndexConfig(), progress=False)
+    if index is None:
+        index = build_index(loaded.item_vectors(), index_config or IndexConfig(), progress=False)
+    elif index.ntotal != loaded.model.num_items:
+        raise ValueError(f"the index holds {index.ntotal} items but the checkpoint has {loaded.model.num_items}")
+    allowed = None if candidates is None else np.asarray(candidates, dtype=np.int64) - 1
     maxlen = loaded.model.config.maxlen
     for start in tqdm(range(0, len(rows), batch_size), desc="recommend", disable=not progress, unit="batch"):
         u = rows[start : start + batch_size]
         starts, ends = inter.offsets[u], inter.offsets[u + 1]
         width = int(min(max((ends - starts).max(initial=1), 1), maxlen))  # the encoder is padding-invariant
         window = torch.from_numpy(left_padded_windows(inter.items, starts, ends, width))
-        queries = loaded.user_vectors(window)
+        queries = loaded.user_vectors(window, torch.from_numpy(u))
         exclude = [inter.items[s:e] - 1 for s, e in zip(starts, ends, strict=True)] if exclude_seen else None
-        scores, found = search(index, queries, k, exclude=exclude)
+        scores, found = search(index, queries, k, exclude=exclude, allowed=allowed)
         yield u, found + 1, scores
 
 
@@ -153,8 +171,10 @@ def write_recommendations(
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename is None:  # e.g. ENOSPC from write/fsync names no file
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
         raise
     return count
 

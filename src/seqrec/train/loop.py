@@ -2,6 +2,13 @@
 
 setup -> (resume) -> epochs -> steps: forward, loss, backward, clip, step -> periodic validation ->
 checkpoints (last, best) -> early stopping -> one test evaluation of the best checkpoint.
+
+Several processes (torchrun, or ``seqrec train --nproc N``) train one model with DistributedDataParallel:
+``train.batch_size`` is the global batch; every rank rebuilds the same global batch (same users, same
+negatives) and trains on its contiguous share, and the losses are normalised so that DDP's gradient
+average is the single-process gradient of the global batch. Evaluation is sharded over the ranks and
+gathered, so every rank sees the same metrics and takes the same decisions; rank 0 alone writes files.
+Checkpoints hold the plain model, so a run resumes on any number of processes.
 """
 
 from __future__ import annotations
@@ -9,23 +16,32 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import yaml
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from seqrec.config import RunConfig, config_to_dict
-from seqrec.data.batches import BatchBuilder
+from seqrec.config import EvalConfig, RunConfig, config_to_dict
+from seqrec.data.batches import Batch, BatchBuilder
 from seqrec.data.dataset import Interactions
-from seqrec.data.readers import read_interactions
+from seqrec.data.features import FeatureSet, read_dataset, read_features
 from seqrec.data.split import LeaveOneOut, leave_one_out
-from seqrec.evaluation.evaluate import evaluate_model, evaluate_popularity
+from seqrec.evaluation.evaluate import evaluate_model, evaluate_popularity, model_ranks
+from seqrec.evaluation.metrics import ranking_metrics
+from seqrec.losses.distributed import all_gather_variable, all_reduce_sum
+from seqrec.model.features import build_model
 from seqrec.model.sasrec import SASRec, similarity_for_loss
 from seqrec.train.checkpoint import (
     atomic_write,
@@ -62,21 +78,163 @@ class TrainResult:
     train_seconds: float
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
+    """``train.device`` -> a device; with ``local_rank`` (one of several processes) auto/cuda mean that GPU."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if local_rank is not None and name.startswith("cuda:"):
+        raise ValueError(f"train.device={name} would put every rank on one GPU; use auto or cuda with "
+                         "several processes (each rank takes cuda:LOCAL_RANK)")
+    if local_rank is not None and name == "cuda":
+        return torch.device("cuda", local_rank)
     return torch.device(name)
 
 
-def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
-    """Creates ``run_dir``; refuses to reuse one that holds a run unless resuming or overwriting."""
+def join_process_group(device_name: str) -> tuple[int, int, torch.device, bool]:
+    """Joins the process group of a multi-process run, or stays a single process.
+
+    A group is joined when one is already initialised or when torchrun's environment says there are
+    several processes (WORLD_SIZE > 1; RANK, LOCAL_RANK, MASTER_ADDR/PORT): NCCL on CUDA, gloo on CPU.
+
+    Returns:
+        ``(rank, world_size, device, created)``; ``created``: this call initialised the group, so the
+        caller destroys it when done.
+    """
+    initialised = dist.is_available() and dist.is_initialized()
+    world = dist.get_world_size() if initialised else int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, resolve_device(device_name), False
+    default_local = dist.get_rank() if initialised else 0
+    device = resolve_device(device_name, int(os.environ.get("LOCAL_RANK", default_local)))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if not initialised:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), world, device, not initialised
+
+
+def _on_rank0(fn: Callable[[], Any], rank: int, world: int) -> None:
+    """Runs ``fn`` on rank 0 only; an exception it raises is raised on every rank, so none waits forever."""
+    error = None
+    if rank == 0:
+        try:
+            fn()
+        except Exception as exc:
+            error = exc
+    if world > 1:
+        shared = [error]
+        dist.broadcast_object_list(shared, src=0)
+        error = shared[0]
+    if error is not None:
+        raise error
+
+
+def _from_rank0(value: float, device: torch.device) -> float:
+    """Rank 0's ``value`` on every rank (wall-clock decisions must not differ between ranks)."""
+    tensor = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.broadcast(tensor, src=0)
+    return float(tensor.item())
+
+
+def _seed_rank_dropout(seed: int, rank: int, step: int) -> None:
+    """Gives rank > 0 its own dropout stream, derived from (seed, rank, step).
+
+    Rank 0 keeps the single-process stream (restored from the checkpoint on resume); without this every
+    rank would draw the same masks for its rows.
+    """
+    torch.manual_seed(int(np.random.SeedSequence([seed, rank, step]).generate_state(1)[0]))
+
+
+def _enable_tf32() -> None:
+    """TF32 tensor-core matmuls for float32 on CUDA (10-bit mantissa products, float32 accumulation)."""
+    matmul = torch.backends.cuda.matmul
+    if hasattr(matmul, "fp32_precision"):  # torch >= 2.9
+        matmul.fp32_precision = "tf32"
+    else:
+        matmul.allow_tf32 = True
+
+
+class _LossModule(nn.Module):
+    """Encoder and objective as one module, what a training step calls.
+
+    Wrapped in DDP, it synchronises every trainable parameter (a learnable temperature too) and the
+    whole forward runs inside DDP.
+    """
+
+    def __init__(self, model: nn.Module, objective: Objective):
+        super().__init__()
+        self.model = model
+        self.objective = objective
+
+    def forward(self, batch: Batch, generator: torch.Generator) -> torch.Tensor:
+        return self.objective(self.model, batch, generator)
+
+
+class _RankBatches(Dataset):
+    """Item i: this rank's contiguous share of global batch ``start_step + i`` of ``epoch``.
+
+    Every rank builds the global batch (users and negatives) from (seed, epoch, step) exactly as a single
+    process does and keeps its rows, so data and negatives do not depend on the number of processes, and
+    any step can be built in any DataLoader worker.
+    """
+
+    def __init__(self, builder: BatchBuilder, seed: int, epoch: int, batch_size: int, start_step: int,
+                 rank: int, world: int):
+        self.builder, self.seed, self.epoch, self.batch_size = builder, seed, epoch, batch_size
+        self.start_step, self.rank, self.world = start_step, rank, world
+        self.order = builder.epoch_order(seed, epoch)
+
+    def __len__(self) -> int:
+        return self.builder.num_batches(self.batch_size) - self.start_step
+
+    def __getitem__(self, i: int) -> Batch:
+        batch = self.builder.batch(self.seed, self.epoch, self.start_step + i, self.batch_size, self.order)
+        n = len(batch.users)
+        lo, hi = n * self.rank // self.world, n * (self.rank + 1) // self.world
+        return Batch(**{f.name: None if getattr(batch, f.name) is None else getattr(batch, f.name)[lo:hi]
+                        for f in fields(batch)})
+
+
+def _evaluate(
+    model: SASRec, split: LeaveOneOut, stage: str, similarity: str, config: EvalConfig,
+    device: torch.device, rank: int, world: int,
+) -> dict[str, float]:
+    """Metrics over every evaluated user, the same on every rank.
+
+    With several ranks, each ranks a contiguous share of the users and the ranks are gathered.
+    """
+    if world == 1:
+        return evaluate_model(model, split, stage, similarity, config, device=device)
+    n = len(split.eval_users)
+    share = slice(n * rank // world, n * (rank + 1) // world)
+    ranks = model_ranks(model, split, stage, similarity, config, device=device, share=share)
+    gathered, _ = all_gather_variable(torch.from_numpy(ranks).to(device))
+    return ranking_metrics(gathered.cpu().numpy(), config.ks)
+
+
+def check_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> bool:
+    """Raises RunDirError if ``run_dir`` cannot be used as asked; changes nothing. Returns: it holds a run."""
     if resume and overwrite:
         raise RunDirError("--resume and --overwrite contradict each other")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(f"{run_dir} exists and is not a directory; --out names the run directory")
     existing = run_dir.is_dir() and any((run_dir / name).exists() for name in RUN_FILES)
     if existing and not (resume or overwrite):
         raise RunDirError(f"{run_dir} already holds a run; pass --resume to continue it or --overwrite to replace it")
     if resume and not (run_dir / "checkpoints" / "last.pt").is_file():
         raise RunDirError(f"--resume: no checkpoint at {run_dir / 'checkpoints' / 'last.pt'}")
+    return existing
+
+
+def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
+    """Creates ``run_dir``; refuses to reuse one that holds a run unless resuming or overwriting.
+
+    Call it once the data and model are known to be usable: with ``overwrite`` it deletes the old run.
+    """
+    existing = check_run_dir(run_dir, resume=resume, overwrite=overwrite)
+    # A kill during an atomic write leaves its temporary file behind; it is never read, only removed.
+    for stale in (run_dir / "checkpoints").glob(".*.pt.*.tmp") if existing else ():
+        stale.unlink(missing_ok=True)
     if overwrite and existing:
         for name in ("metrics.jsonl", "results.json"):
             (run_dir / name).unlink(missing_ok=True)
@@ -100,7 +258,19 @@ def _truncate_metrics(path: Path, step: int) -> None:
     """On resume, drops records written after the checkpoint being resumed (they will be rewritten)."""
     if not path.is_file():
         return
-    keep = [line for line in path.read_text(encoding="utf-8").splitlines() if line and json.loads(line).get("step", 0) <= step]
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    keep = []
+    for lineno, line in enumerate(lines, start=1):
+        if not line:
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            if lineno == len(lines):
+                break  # a record torn by a kill mid-append; the resumed run writes it again
+            raise RunDirError(f"{path}:{lineno}: not a JSON record ({exc.msg}); fix or remove the line to resume") from exc
+        if record.get("step", 0) <= step:
+            keep.append(line)
     atomic_write(path, lambda h: h.write("".join(line + "\n" for line in keep).encode()))
 
 
@@ -120,36 +290,76 @@ def train(
     progress: bool = True,
     interactions: Interactions | None = None,
     command: list[str] | None = None,
+    features: FeatureSet | None = None,
 ) -> TrainResult:
     """Trains a SASRec model as configured and writes the run directory.
+
+    Under torchrun (or in an initialised process group) every rank calls this with the same arguments;
+    see the module docstring. Every rank returns the same result.
 
     Args:
         config: the resolved run configuration.
         run_dir: output directory (config.yaml, command.txt, metrics.jsonl, checkpoints/, results.json).
-        resume: continue from ``checkpoints/last.pt`` (same config).
+        resume: continue from ``checkpoints/last.pt`` (same config; any number of processes).
         overwrite: replace an existing run.
         interactions: already-loaded data (otherwise read from ``config.data``).
+        features: side features aligned with ``interactions`` (otherwise those ``config.data`` names).
         command: the command line, recorded in the run directory.
     """
-    run_dir = Path(run_dir)
-    prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
+    rank, world, device, created = join_process_group(config.train.device)
+    try:
+        return _train(config, Path(run_dir), rank, world, device, resume=resume, overwrite=overwrite,
+                      progress=progress and rank == 0, interactions=interactions, command=command,
+                      features=features)
+    finally:
+        if created:
+            dist.destroy_process_group()
+
+
+def _train(
+    config: RunConfig,
+    run_dir: Path,
+    rank: int,
+    world: int,
+    device: torch.device,
+    *,
+    resume: bool,
+    overwrite: bool,
+    progress: bool,
+    interactions: Interactions | None,
+    command: list[str] | None,
+    features: FeatureSet | None = None,
+) -> TrainResult:
+    """The body of :func:`train` on one rank of ``world`` (1 = a single process)."""
+    # Only checks here: --overwrite deletes the old run once the data below has proved readable.
+    _on_rank0(lambda: check_run_dir(run_dir, resume=resume, overwrite=overwrite), rank, world)
     tc = config.train
-    device = resolve_device(tc.device)
     if tc.num_threads:
         torch.set_num_threads(tc.num_threads)
+    if device.type == "cuda":
+        _enable_tf32()
+        if tc.precision == "bf16" and not torch.cuda.is_bf16_supported():
+            raise ValueError(f"train.precision=bf16: {torch.cuda.get_device_name(device)} has no bfloat16 support")
 
     # ---- setup: data, model, objective, optimizer
-    inter = interactions if interactions is not None else read_interactions(config.data)
+    if interactions is None:
+        inter, features = read_dataset(config.data, progress=progress)
+    else:
+        inter = interactions
+        features = features if features is not None else read_features(config.data, inter)
     split = leave_one_out(inter)
     builder = BatchBuilder(
         inter.offsets, inter.items, split.train_lengths, inter.num_items, config.model.maxlen,
-        config.loss.negatives_per_position,
+        config.loss.negatives_per_position, actions=inter.actions if config.loss.action_weights else None,
     )
+    if config.loss.action_weights and inter.actions is None:
+        raise ValueError("loss.action_weights needs the action type of every event (e.g. TAAC data); this data has none")
     if len(builder.users) == 0:
         raise ValueError("no user has two or more training interactions; nothing to train on")
+    _on_rank0(lambda: prepare_run_dir(run_dir, resume=resume, overwrite=overwrite), rank, world)
     seed_everything(tc.seed)
-    model = SASRec(inter.num_items, config.model).to(device)
-    objective = Objective(config.loss, item_counts(split)).to(device)
+    model = build_model(inter.num_items, config.model, features).to(device)
+    objective = Objective(config.loss, item_counts(split), precision=tc.precision, distributed=world > 1).to(device)
     similarity = similarity_for_loss(config.loss.name)
     params = list(model.parameters()) + list(objective.parameters())
     optimizer = torch.optim.AdamW(params, lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
@@ -170,13 +380,22 @@ def train(
         epoch, epoch_step, step = state["epoch"], state["epoch_step"], state["step"]
         best_metric, best_epoch, bad_evals = state["best_metric"], state["best_epoch"], state["bad_evals"]
         train_seconds = state["train_seconds"]
-        _truncate_metrics(metrics_path, step)
-        log.info("resumed %s at epoch %d step %d", run_dir, epoch, epoch_step)
-    else:
+        if rank == 0:
+            _truncate_metrics(metrics_path, step)
+            log.info("resumed %s at epoch %d step %d on %d process(es)", run_dir, epoch, epoch_step, world)
+    elif rank == 0:
         text = yaml.safe_dump(config_to_dict(config), sort_keys=False)
         atomic_write(run_dir / "config.yaml", lambda h: h.write(text.encode()))
         cmd = " ".join(command if command is not None else sys.argv)
         atomic_write(run_dir / "command.txt", lambda h: h.write((cmd + "\n").encode()))
+    if rank > 0:
+        _seed_rank_dropout(tc.seed, rank, step)
+    # What a step calls: the (compiled) encoder and the objective, under DDP with several processes.
+    # Evaluation and checkpoints use the plain ``model``, which shares the parameters.
+    step_module: nn.Module = _LossModule(torch.compile(model) if tc.compile else model, objective)
+    if world > 1:
+        step_module = DistributedDataParallel(step_module, device_ids=[device.index] if device.type == "cuda" else None)
+    pin = device.type == "cuda"
 
     def checkpoint_state() -> dict[str, Any]:
         return {
@@ -204,22 +423,29 @@ def train(
     while epoch < tc.epochs and not stop:
         model.train()
         started = time.perf_counter()
+        loader = DataLoader(
+            _RankBatches(builder, tc.seed, epoch, tc.batch_size, epoch_step, rank, world),
+            batch_size=None, num_workers=tc.num_workers, pin_memory=pin,
+            # Its own generator: an iterator draws a worker base seed, which from the global RNG would
+            # shift the dropout stream of a resumed epoch (batches depend on (seed, epoch, step) only).
+            generator=torch.Generator(),
+        )
         bar = tqdm(
-            builder.epoch(tc.seed, epoch, tc.batch_size, start_step=epoch_step),
-            total=steps_per_epoch, initial=epoch_step, desc=f"epoch {epoch + 1}/{tc.epochs}",
+            loader, total=steps_per_epoch, initial=epoch_step, desc=f"epoch {epoch + 1}/{tc.epochs}",
             disable=not progress, leave=False, unit="batch",
         )
         loss_sum, loss_count, sequences = 0.0, 0, 0
         for batch in bar:
-            batch = batch.to(device, non_blocking=True)
+            batch = batch.to(device, non_blocking=pin)
             lr = learning_rate(step, total_steps, tc)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             generator = torch.Generator(device=device).manual_seed(tc.seed * 1_000_003 + step)
-            loss = objective(model, batch, generator)
-            if not torch.isfinite(loss):
+            loss = step_module(batch, generator)
+            loss_value = all_reduce_sum(loss.detach()).item() / world  # the loss of the global batch
+            if not math.isfinite(loss_value):
                 raise NonFiniteLossError(
-                    f"loss is {loss.item()} at epoch {epoch + 1} step {epoch_step} (global step {step}), "
+                    f"loss is {loss_value} at epoch {epoch + 1} step {epoch_step} (global step {step}), "
                     f"lr {lr:.3g}, loss {config.loss.name}; the best checkpoint is untouched"
                 )
             optimizer.zero_grad(set_to_none=True)
@@ -227,57 +453,67 @@ def train(
             if tc.clip_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(params, tc.clip_grad_norm)
             optimizer.step()
+            sequences += min(tc.batch_size, len(builder.users) - epoch_step * tc.batch_size)  # global rows
             step += 1
             epoch_step += 1
-            loss_sum += loss.item()
+            loss_sum += loss_value
             loss_count += 1
-            sequences += batch.input_ids.shape[0]
             bar.set_postfix(loss=f"{loss_sum / loss_count:.4f}", seq_s=f"{sequences / (time.perf_counter() - started):.0f}")
-            if tc.checkpoint_every_steps and step % tc.checkpoint_every_steps == 0 and epoch_step < steps_per_epoch:
+            if (rank == 0 and tc.checkpoint_every_steps and step % tc.checkpoint_every_steps == 0
+                    and epoch_step < steps_per_epoch):
                 train_seconds_now = train_seconds + time.perf_counter() - started
                 save_checkpoint({**checkpoint_state(), "train_seconds": train_seconds_now}, run_dir / "checkpoints" / "last.pt")
         epoch_seconds = time.perf_counter() - started
+        if world > 1:
+            epoch_seconds = _from_rank0(epoch_seconds, device)  # the time budget must stop every rank alike
         train_seconds += epoch_seconds
         epoch += 1
         epoch_step = 0
         record: dict[str, Any] = {
             "epoch": epoch, "step": step, "train_loss": loss_sum / max(loss_count, 1),
-            "epoch_seconds": epoch_seconds, "train_seconds": train_seconds, "lr": lr,
+            "epoch_seconds": epoch_seconds, "train_seconds": train_seconds, "lr": lr, "world_size": world,
         }
         if objective.log_temperature is not None:
-            record["temperature"] = float(objective.temperature)
+            record["temperature"] = objective.temperature.detach().item()
         improved = False
         if epoch % config.train.eval_every == 0 or epoch == tc.epochs:
-            valid = evaluate_model(model, split, "valid", similarity, config.eval, device=device)
+            valid = _evaluate(model, split, "valid", similarity, config.eval, device, rank, world)
             record["valid"] = valid
             if valid[select] > best_metric:
                 best_metric, best_epoch, bad_evals, improved = valid[select], epoch, 0, True
             else:
                 bad_evals += 1
             stop = tc.patience > 0 and bad_evals >= tc.patience
-            log.info("epoch %d: loss %.4f, valid %s %.4f (best %.4f at %d), %.1fs",
-                     epoch, record["train_loss"], select, valid[select], best_metric, best_epoch, epoch_seconds)
+            if rank == 0:
+                log.info("epoch %d: loss %.4f, valid %s %.4f (best %.4f at %d), %.1fs", epoch,
+                         record["train_loss"], select, valid[select], best_metric, best_epoch, epoch_seconds)
         if tc.max_minutes is not None and train_seconds >= tc.max_minutes * 60:
             stop = True
             record["stopped"] = "time budget"
-        state = checkpoint_state()
-        if improved:
-            save_checkpoint(state, run_dir / "checkpoints" / "best.pt")
-        save_checkpoint(state, run_dir / "checkpoints" / "last.pt")
-        _append_jsonl(metrics_path, record)
+        if rank == 0:
+            state = checkpoint_state()
+            if improved:
+                save_checkpoint(state, run_dir / "checkpoints" / "best.pt")
+            # The record goes first: a kill between the two then resumes from the older last.pt, whose
+            # resume drops this record and writes it again; the other order would lose it for good.
+            _append_jsonl(metrics_path, record)
+            save_checkpoint(state, run_dir / "checkpoints" / "last.pt")
 
     # ---- test, once, on the model selected by validation
     if best_epoch < 0:
         raise RuntimeError("training ended without a validation; no best checkpoint")
+    if world > 1:
+        dist.barrier()  # rank 0 has written best.pt
     best = load_checkpoint(run_dir / "checkpoints" / "best.pt")
     model.load_state_dict(best["model"])
-    valid_best = evaluate_model(model, split, "valid", similarity, config.eval, device=device)
-    test = evaluate_model(model, split, "test", similarity, config.eval, device=device)
+    valid_best = _evaluate(model, split, "valid", similarity, config.eval, device, rank, world)
+    test = _evaluate(model, split, "test", similarity, config.eval, device, rank, world)
     pop = evaluate_popularity(split, "test", config.eval)
     results = {
         "best_epoch": best_epoch, "epochs_run": epoch, "train_seconds": train_seconds,
         "valid": valid_best, "test": test, "popularity": {"test": pop},
     }
     text = json.dumps(results, indent=2) + "\n"
-    atomic_write(run_dir / "results.json", lambda h: h.write(text.encode()))
+    if rank == 0:
+        atomic_write(run_dir / "results.json", lambda h: h.write(text.encode()))
     return TrainResult(run_dir, best_epoch, valid_best, test, pop, epoch, train_seconds)

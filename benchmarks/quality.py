@@ -1,0 +1,108 @@
+"""Quality on public benchmarks under the leave-one-out, full-ranking protocol.
+
+For each objective (a named preset plus overrides) it trains with model selection on validation NDCG@10,
+evaluates test once on the selected epoch, and writes a markdown table and a PNG plot of validation
+NDCG@10 against wall-clock training time.
+
+Protocol: full-catalogue ranking, the user's history filtered, leave-one-out (last item test,
+second-to-last validation), the file's own event order (never re-sorted), ties counted against the
+target.
+
+Example:
+    python benchmarks/quality.py --data ../shared/data/ml-1m/ml-1m.txt.xz --name ml-1m \
+        --run bce=configs/bce.yaml --run infonce-note=configs/default.yaml --run shipped=configs/ml-1m.yaml \
+        --max-minutes 30 --out benchmarks/results/quality-ml-1m
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from seqrec.config import load_config
+from seqrec.data.readers import read_interactions
+from seqrec.train.loop import train
+
+
+def parse_run(text: str) -> tuple[str, str, list[str]]:
+    """``label=config.yaml[,section.key=value,...]``."""
+    label, _, rest = text.partition("=")
+    parts = rest.split(",")
+    return label, parts[0], parts[1:]
+
+
+def plot(curves: dict[str, list[tuple[float, float]]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, points in curves.items():
+        xs = [p[0] / 60 for p in points]
+        ax.plot(xs, [p[1] for p in points], marker=".", label=label)
+    ax.set_xlabel("training wall-clock time (minutes)")
+    ax.set_ylabel("validation NDCG@10")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, help="interaction log")
+    parser.add_argument("--name", required=True, help="dataset label for the table")
+    parser.add_argument("--run", action="append", required=True, help="label=config.yaml[,section.key=value...]")
+    parser.add_argument("--max-minutes", type=float, default=30.0, help="training budget per run")
+    parser.add_argument("--out", required=True, help="output directory (runs, table, plot)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    args = parser.parse_args()
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    inter = read_interactions(load_config(None, [f"data.path={args.data}"]).data)
+    rows, curves = [], {}
+    for text in args.run:
+        label, config_path, overrides = parse_run(text)
+        config = load_config(config_path, [f"data.path={args.data}", f"train.max_minutes={args.max_minutes}", *overrides])
+        started = time.perf_counter()
+        result = train(config, out / label, overwrite=True, progress=False, interactions=inter,
+                       command=["benchmarks/quality.py", text])
+        wall = time.perf_counter() - started
+        records = [json.loads(x) for x in (out / label / "metrics.jsonl").read_text().splitlines()]
+        curves[label] = [(r["train_seconds"], r["valid"]["ndcg@10"]) for r in records if "valid" in r]
+        epoch_s = sorted(r["epoch_seconds"] for r in records)[len(records) // 2]
+        t = result.test
+        rows.append(
+            f"| {label} | {t['hr@10']:.4f} | {t['ndcg@10']:.4f} | {t['hr@20']:.4f} | {t['ndcg@20']:.4f} | "
+            f"{t['mrr']:.4f} | {result.best_valid['ndcg@10']:.4f} | {result.best_epoch} | {result.epochs_run} | "
+            f"{wall / 60:.1f} | {epoch_s:.1f} |"
+        )
+        pop = result.popularity_test
+    header = (
+        f"## {args.name}: test metrics at the epoch selected on validation NDCG@10\n\n"
+        f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}; "
+        f"budget {args.max_minutes:g} min of training per run; date {time.strftime('%Y-%m-%d')}.\n\n"
+        "| objective | HR@10 | NDCG@10 | HR@20 | NDCG@20 | MRR | valid NDCG@10 | best epoch | epochs run | wall min | epoch s |\n"
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n"
+    )
+    pop_row = (f"| popularity | {pop['hr@10']:.4f} | {pop['ndcg@10']:.4f} | {pop['hr@20']:.4f} | "
+               f"{pop['ndcg@20']:.4f} | {pop['mrr']:.4f} | | | | | |\n")
+    table = header + "\n".join(rows) + "\n" + pop_row
+    (out / "table.md").write_text(table)
+    plot(curves, out / "valid_ndcg_vs_time.png", f"{args.name}: validation NDCG@10 vs training time")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,360 @@
+"""Item and user towers: side features -> one vector per item (or user), as in the TAAC 2025 baseline.
+
+An item's vector is ``act(Linear(concat(parts)))`` where the parts are, in this order: its id embedding
+(optional, ``model.use_item_id``), one embedding per categorical feature, the mean embedding of each
+multi-valued feature (EmbeddingBag), the continuous scalars as they are, and each multimodal vector
+projected by ``Linear(dim, hidden)``, with a learned "absent" vector in place of a missing one (a
+missing vector says nothing, so it must not look like a real vector of zeros). An item unseen in
+training, with no trained id embedding, still gets a vector from its features.
+
+The feature arrays are buffers of the tower (the "catalogue": one row per item id, row 0 = padding), so
+``tower(ids)`` is an id-only call and the same module embeds inputs, positives, negatives and retrieval
+candidates. Each call embeds every distinct id once (``torch.unique`` then index), so a batch's
+repeated negatives cost one row each. Buffers are saved with the model, except multimodal vectors wider
+than ``model.vector_buffer_max_dim``: those would make checkpoints as large as the data set, so they are
+not persistent and ``reload_vectors`` re-reads them from ``config.data``. The catalogue can be replaced
+(``set_catalogue``) to embed items the model never saw, e.g. the TAAC candidates.
+
+Deviations from the baseline: multi-valued features are averaged rather than summed (lists of different
+lengths then give vectors of one scale); missing categorical values embed to zero (padding row).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from seqrec.config import ModelConfig
+from seqrec.data.dataset import PAD_ID
+from seqrec.data.features import FeatureSet
+
+log = logging.getLogger(__name__)
+
+MAX_BAG_VALUES = 64  # values kept per multi-valued feature and row (longer lists are truncated, with a warning)
+TABLE_CHUNK = 65536  # rows per tower call when the whole catalogue is embedded
+
+
+def _activation(name: str):
+    return {"relu": F.relu, "gelu": F.gelu, "none": lambda x: x}[name]
+
+
+def _padded_bags(offsets: np.ndarray, values: np.ndarray, width: int, cardinality: int, name: str) -> np.ndarray:
+    """CSR lists -> (R, width) int64 left-aligned, 0-padded; values outside the table become 0 (missing)."""
+    lengths = offsets[1:] - offsets[:-1]
+    if lengths.size and lengths.max() > width:
+        log.warning("feature %s: %d rows have more than %d values; the rest are ignored",
+                    name, int((lengths > width).sum()), width)
+    cols = np.arange(width)
+    idx = offsets[:-1, None] + cols[None, :]
+    keep = cols[None, :] < lengths[:, None]
+    out = np.where(keep, values[np.where(keep, idx, 0)] if len(values) else 0, 0).astype(np.int64)
+    out[(out < 0) | (out >= cardinality)] = 0
+    return out
+
+
+def _known(values: np.ndarray, cardinality: int) -> np.ndarray:
+    """Value ids outside the embedding table (unseen at training time) become 0, missing."""
+    values = np.asarray(values, dtype=np.int64)
+    return np.where((values >= 0) & (values < cardinality), values, 0)
+
+
+class _Fused(nn.Module):
+    """Shared part of both towers: categorical and multi-valued embeddings and the fusing layer."""
+
+    def __init__(self, schema: dict[str, Any], hidden_dim: int, activation: str, extra_inputs: int):
+        super().__init__()
+        self.schema = schema
+        d = hidden_dim
+        self.cat_emb = nn.ModuleDict({name: nn.Embedding(card, d, padding_idx=PAD_ID) for name, card in schema["categorical"]})
+        self.bag_emb = nn.ModuleDict(
+            {name: nn.EmbeddingBag(card, d, mode="mean", padding_idx=PAD_ID) for name, card, _ in schema["multi"]}
+        )
+        for bag in self.bag_emb.values():  # EmbeddingBag keeps N(0, 1); match nn.Embedding's init in SASRec
+            nn.init.normal_(bag.weight, std=d**-0.5)
+            with torch.no_grad():
+                bag.weight[PAD_ID].zero_()
+        in_dim = d * (len(self.cat_emb) + len(self.bag_emb)) + extra_inputs
+        self.fuse = nn.Linear(in_dim, d)
+        self.act = _activation(activation)
+        rows = schema["rows"]
+        self.register_buffer("cat_values", torch.zeros(rows, len(self.cat_emb), dtype=torch.long))
+        for name, _, width in schema["multi"]:
+            self.register_buffer(f"bag_{name}", torch.zeros(rows, width, dtype=torch.long))
+
+    def get_extra_state(self) -> dict[str, Any]:
+        # The schema travels in the state dict (plain lists and ints), so a checkpoint rebuilds the tower.
+        return self.schema
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        if _comparable(state) != _comparable(self.schema):
+            raise ValueError(f"feature schema of the checkpoint {state} differs from the model's {self.schema}")
+
+    @property
+    def num_rows(self) -> int:
+        return self.cat_values.shape[0]
+
+    def _sparse_parts(self, rows: torch.Tensor) -> list[torch.Tensor]:
+        parts = []
+        cats = self.cat_values[rows]  # (N, F)
+        for j, emb in enumerate(self.cat_emb.values()):
+            parts.append(emb(cats[:, j]))
+        for name, bag in self.bag_emb.items():
+            parts.append(bag(getattr(self, f"bag_{name}")[rows]))  # mean over the row's values, padding excluded
+        return parts
+
+    def _set_sparse(self, categorical: dict[str, np.ndarray], multi: dict[str, tuple[np.ndarray, np.ndarray]],
+                    rows: int, device: torch.device) -> None:
+        cats = np.zeros((rows, len(self.cat_emb)), dtype=np.int64)
+        for j, (name, card) in enumerate(self.schema["categorical"]):
+            if name in categorical:
+                cats[:, j] = _known(categorical[name], card)
+        self.cat_values = torch.from_numpy(cats).to(device)
+        widths = []
+        for name, card, _ in self.schema["multi"]:
+            # The padded width follows the new rows' longest list: buffers are replaced whole anyway.
+            width = _bag_width(multi[name][0]) if name in multi else 1
+            bags = _padded_bags(*multi[name], width, card, name) if name in multi else np.zeros((rows, 1), np.int64)
+            setattr(self, f"bag_{name}", torch.from_numpy(bags).to(device))
+            widths.append([name, card, width])
+        self.schema = {**self.schema, "rows": rows, "multi": widths}
+
+
+def _comparable(schema: dict[str, Any]) -> dict[str, Any]:
+    """The schema without what a replaced catalogue changes (row count, list widths), tuples as lists."""
+    def plain(value):
+        return [plain(v) for v in value] if isinstance(value, (list, tuple)) else value
+    out = {k: plain(v) for k, v in schema.items() if k != "rows"}
+    out["multi"] = [entry[:2] for entry in out["multi"]]
+    return out
+
+
+def _bag_width(offsets: np.ndarray) -> int:
+    lengths = offsets[1:] - offsets[:-1]
+    return int(min(max(int(lengths.max(initial=1)), 1), MAX_BAG_VALUES))
+
+
+class ItemTower(_Fused):
+    """Item id -> (D,) vector from the id embedding and the side features (see the module docstring).
+
+    Args:
+        schema: what ``item_schema`` returns; fixes every table and buffer shape.
+        hidden_dim: D.
+        activation: ``relu`` | ``gelu`` | ``none`` after the fusing Linear.
+    """
+
+    def __init__(self, schema: dict[str, Any], hidden_dim: int, activation: str = "relu"):
+        extra = hidden_dim * (int(schema["use_item_id"]) + len(schema["vectors"])) + len(schema["continuous"])
+        super().__init__(schema, hidden_dim, activation, extra)
+        d = hidden_dim
+        self.id_emb = nn.Embedding(schema["num_ids"] + 1, d, padding_idx=PAD_ID) if schema["use_item_id"] else None
+        self.vec_proj = nn.ModuleDict({name: nn.Linear(dim, d) for name, dim, _ in schema["vectors"]})
+        self.vec_absent = nn.ParameterDict({name: nn.Parameter(torch.randn(d) * d**-0.5) for name, _, _ in schema["vectors"]})
+        rows = schema["rows"]
+        # id_rows maps a catalogue row to its id-embedding row: the identity in training, 0 (no trained
+        # id) for items added at inference.
+        self.register_buffer("id_rows", torch.arange(rows, dtype=torch.long))
+        self.register_buffer("continuous", torch.zeros(rows, len(schema["continuous"])))
+        self.unloaded_vectors: set[str] = set()
+        for name, dim, persistent in schema["vectors"]:
+            self.register_buffer(f"vec_{name}", torch.zeros(rows, dim), persistent=persistent)
+            self.register_buffer(f"present_{name}", torch.zeros(rows, dtype=torch.bool), persistent=persistent)
+            if not persistent:
+                self.unloaded_vectors.add(name)
+
+    @classmethod
+    def from_features(cls, features: FeatureSet, num_ids: int, config: ModelConfig) -> ItemTower:
+        tower = cls(item_schema(features, num_ids, config), config.hidden_dim, config.tower_activation)
+        tower.set_catalogue(features)
+        return tower
+
+    def set_catalogue(self, features: FeatureSet, id_rows: np.ndarray | None = None) -> None:
+        """Replaces the per-item buffers by ``features``' items (row 0 = padding).
+
+        Args:
+            features: must hold the schema's features (a missing one is all-missing/absent); value ids
+                outside a table (unseen in training) become missing.
+            id_rows: (I' + 1,) id-embedding row of each item, 0 = no trained id; default the identity
+                (the catalogue is the training catalogue).
+        """
+        rows = features.num_items + 1
+        device = self.cat_values.device
+        if id_rows is None:
+            if rows != self.schema["num_ids"] + 1:
+                raise ValueError(f"a catalogue of {rows - 1} items needs id_rows (the model knows {self.schema['num_ids']} ids)")
+            id_rows = np.arange(rows)
+        id_rows = np.asarray(id_rows, dtype=np.int64)
+        if id_rows.shape != (rows,) or id_rows.min() < 0 or id_rows.max() > self.schema["num_ids"]:
+            raise ValueError(f"id_rows must be ({rows},) ids in [0, {self.schema['num_ids']}]")
+        self.id_rows = torch.from_numpy(id_rows).to(device)
+        self._set_sparse(features.item_categorical, features.item_multi, rows, device)
+        names = list(self.schema["continuous"])
+        cont = np.zeros((rows, len(names)), dtype=np.float32)
+        for j, name in enumerate(names):
+            if name in features.continuous_names:
+                cont[:, j] = features.item_continuous[:, features.continuous_names.index(name)]
+        self.continuous = torch.from_numpy(cont).to(device)
+        for name, dim, _ in self.schema["vectors"]:
+            matrix = np.zeros((rows, dim), dtype=np.float32)
+            present = np.zeros(rows, dtype=bool)
+            if name in features.item_vectors:
+                given, mask = features.item_vectors[name]
+                if given.shape[1] != dim:
+                    raise ValueError(f"vector feature {name}: dim {given.shape[1]}, the model expects {dim}")
+                matrix, present = given.astype(np.float32, copy=False), mask.astype(bool, copy=False)
+            present = present.copy()
+            present[PAD_ID] = False
+            setattr(self, f"vec_{name}", torch.from_numpy(np.ascontiguousarray(matrix)).to(device))
+            setattr(self, f"present_{name}", torch.from_numpy(present).to(device))
+        self.unloaded_vectors = set()
+
+    def encode_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """(N,) catalogue rows -> (N, D); row 0 (padding) gives zeros."""
+        if self.unloaded_vectors:
+            raise RuntimeError(f"vector features {sorted(self.unloaded_vectors)} are not loaded; call reload_vectors")
+        parts = []
+        if self.id_emb is not None:
+            parts.append(self.id_emb(self.id_rows[rows]))
+        parts += self._sparse_parts(rows)
+        if self.continuous.shape[1]:
+            parts.append(self.continuous[rows])
+        for name, proj in self.vec_proj.items():
+            projected = proj(getattr(self, f"vec_{name}")[rows])  # (N, D)
+            present = getattr(self, f"present_{name}")[rows].unsqueeze(-1)
+            parts.append(torch.where(present, projected, self.vec_absent[name].expand_as(projected)))
+        out = self.act(self.fuse(torch.cat(parts, dim=-1)))
+        return out * (rows != PAD_ID).unsqueeze(-1).to(out.dtype)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """(...) catalogue rows -> (..., D); each distinct id is embedded once."""
+        uniq, inverse = torch.unique(ids.reshape(-1), return_inverse=True)
+        return self.encode_rows(uniq)[inverse].view(*ids.shape, -1)
+
+    def table(self) -> torch.Tensor:
+        """(R, D) vectors of the whole catalogue, computed in chunks of TABLE_CHUNK rows."""
+        device = self.cat_values.device
+        chunks = [
+            self.encode_rows(torch.arange(start, min(start + TABLE_CHUNK, self.num_rows), device=device))
+            for start in range(0, self.num_rows, TABLE_CHUNK)
+        ]
+        return torch.cat(chunks)
+
+
+class UserFeatures(_Fused):
+    """User row -> (D,) vector from the user's categorical and multi-valued features.
+
+    No user id embedding: the vector must exist for users unseen in training (TAAC's test users), whose
+    rows are set with ``set_users``.
+    """
+
+    @classmethod
+    def from_features(cls, features: FeatureSet, config: ModelConfig) -> UserFeatures:
+        tower = cls(user_schema(features), config.hidden_dim, config.tower_activation, 0)
+        tower.set_users(features)
+        return tower
+
+    def set_users(self, features: FeatureSet) -> None:
+        """Replaces the per-user buffers by ``features``' users (rows 0..U-1)."""
+        self._set_sparse(features.user_categorical, features.user_multi, features.num_users, self.cat_values.device)
+
+    def forward(self, users: torch.Tensor) -> torch.Tensor:
+        """(B,) user rows -> (B, D)."""
+        return self.act(self.fuse(torch.cat(self._sparse_parts(users), dim=-1)))
+
+
+def item_schema(features: FeatureSet, num_ids: int, config: ModelConfig) -> dict[str, Any]:
+    """Shapes of an item tower over ``features`` (plain lists, stored in the checkpoint)."""
+    return {
+        "rows": features.num_items + 1,
+        "num_ids": num_ids,
+        "use_item_id": config.use_item_id,
+        "categorical": [[name, features.cardinality[name]] for name in features.item_categorical],
+        "multi": [[name, features.cardinality[name], _bag_width(offsets)] for name, (offsets, _) in features.item_multi.items()],
+        "continuous": list(features.continuous_names),
+        "vectors": [
+            [name, int(matrix.shape[1]), int(matrix.shape[1]) <= config.vector_buffer_max_dim]
+            for name, (matrix, _) in features.item_vectors.items()
+        ],
+    }
+
+
+def user_schema(features: FeatureSet) -> dict[str, Any]:
+    return {
+        "rows": features.num_users,
+        "categorical": [[name, features.cardinality[name]] for name in features.user_categorical],
+        "multi": [[name, features.cardinality[name], _bag_width(offsets)] for name, (offsets, _) in features.user_multi.items()],
+    }
+
+
+# ----------------------------------------------------------------------------------------------------
+# Building a model with towers: from data (training) or from a state dict (inference)
+# ----------------------------------------------------------------------------------------------------
+
+
+def build_model(num_items: int, config: ModelConfig, features: FeatureSet | None = None):
+    """SASRec with the towers ``config`` asks for over ``features``.
+
+    Raises:
+        ValueError: ``use_item_id=false`` or ``user_features`` without the features they need, or an
+            untied output table with an item tower (the tower is the one table).
+    """
+    from seqrec.model.sasrec import SASRec
+
+    item_tower = user_tower = None
+    if features is not None and features.has_item_features and config.item_features:
+        if not config.tied_embeddings:
+            raise ValueError("model.tied_embeddings=false cannot be used with item features: the item tower "
+                             "embeds inputs and candidates alike")
+        item_tower = ItemTower.from_features(features, num_items, config)
+    elif not config.use_item_id:
+        raise ValueError("model.use_item_id=false needs item side features (data.features) and model.item_features")
+    if config.user_features != "none":
+        if features is None or not features.has_user_features:
+            raise ValueError(f"model.user_features={config.user_features} needs user side features (data.features)")
+        user_tower = UserFeatures.from_features(features, config)
+    return SASRec(num_items, config, item_tower=item_tower, user_tower=user_tower)
+
+
+def model_from_state(num_items: int, config: ModelConfig, state_dict: dict[str, Any]):
+    """SASRec rebuilt from a saved state dict, towers included (their schemas are in the state dict).
+
+    Vector features kept out of the checkpoint are left unloaded (see ``reload_vectors``).
+    """
+    from seqrec.model.sasrec import SASRec
+
+    item_state = state_dict.get("item_tower._extra_state")
+    user_state = state_dict.get("user_tower._extra_state")
+    item_tower = ItemTower(item_state, config.hidden_dim, config.tower_activation) if item_state else None
+    user_tower = UserFeatures(user_state, config.hidden_dim, config.tower_activation, 0) if user_state else None
+    model = SASRec(num_items, config, item_tower=item_tower, user_tower=user_tower)
+    model.load_state_dict(state_dict)
+    return model
+
+
+def reload_vectors(model, features: FeatureSet | None) -> None:
+    """Fills the vectors that were not saved with the model from ``features`` (the training data)."""
+    tower = getattr(model, "item_tower", None)
+    if tower is None or not tower.unloaded_vectors:
+        return
+    if features is None:
+        raise ValueError(f"vector features {sorted(tower.unloaded_vectors)} are not in the checkpoint and the data "
+                         "has no features to re-read them from")
+    id_rows = tower.id_rows.cpu().numpy()
+    for name, dim, persistent in tower.schema["vectors"]:
+        if persistent:
+            continue
+        if name not in features.item_vectors:
+            raise ValueError(f"vector feature {name} is missing from the re-read data")
+        matrix, present = features.item_vectors[name]
+        if matrix.shape != (len(id_rows), dim):
+            raise ValueError(f"vector feature {name}: re-read shape {matrix.shape}, expected {(len(id_rows), dim)}")
+        present = present.copy()
+        present[PAD_ID] = False
+        device = tower.cat_values.device
+        setattr(tower, f"vec_{name}", torch.from_numpy(np.ascontiguousarray(matrix, dtype=np.float32)).to(device))
+        setattr(tower, f"present_{name}", torch.from_numpy(present).to(device))
+    tower.unloaded_vectors = set()

@@ -1,0 +1,157 @@
+"""Raw item ids from outside (request bodies, candidate files) -> internal item ids.
+
+A checkpoint's raw ids are ints or strings; callers may hand over either form: ``"42"`` finds the
+raw int ``42`` and ``42`` finds the raw string ``"42"``. Anything that matches no item is returned as
+unknown rather than raised, so a caller can report it and go on.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+_INT_TEXT = re.compile(r"[+-]?[0-9]+")
+_I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
+
+
+class ItemLookup:
+    """Maps raw item ids to internal ids 1..I of one checkpoint.
+
+    Args:
+        item_ids: (I + 1,) raw ids, ``item_ids[i]`` = raw id of internal item ``i``; ``[0]`` (padding)
+            is never matched.
+    """
+
+    def __init__(self, item_ids: np.ndarray):
+        self.item_ids = item_ids
+        self.num_items = len(item_ids) - 1
+        raw = item_ids[1:]
+        if np.issubdtype(raw.dtype, np.integer):
+            # Sorted-array lookup: a 1M-item catalogue costs 16 MB instead of a 100 MB dict.
+            self._order = np.argsort(raw, kind="stable")
+            self._sorted = raw[self._order].astype(np.int64, copy=False)
+            self._dict: dict[Any, int] | None = None
+        else:
+            self._dict = {}
+            for i, value in enumerate(raw.tolist(), start=1):
+                self._dict.setdefault(value, i)
+
+    def lookup(self, values: Sequence[Any]) -> tuple[np.ndarray, list[Any]]:
+        """Internal ids of the known ``values`` (in order, duplicates kept) and the unknown values.
+
+        Returns:
+            ``(ids, unknown)``: (n_known,) int64 internal ids, and the values that match no item, each
+            once, in order of first appearance.
+        """
+        if self._dict is None:
+            keys = [_as_int(v) for v in values]
+            known = np.fromiter((k is not None for k in keys), dtype=bool, count=len(keys))
+            numbers = np.fromiter((k if k is not None else 0 for k in keys), dtype=np.int64, count=len(keys))
+            pos = np.searchsorted(self._sorted, numbers)
+            pos = np.minimum(pos, len(self._sorted) - 1)
+            if len(self._sorted):
+                known &= self._sorted[pos] == numbers
+            else:
+                known[:] = False
+            ids = self._order[pos[known]] + 1 if len(self._sorted) else np.empty(0, dtype=np.int64)
+            return ids.astype(np.int64, copy=False), _unique([v for v, ok in zip(values, known, strict=True) if not ok])
+        found, unknown = [], []
+        for value in values:
+            i = self._dict.get(value)
+            if i is None:
+                i = self._dict.get(_alternate(value))
+            if i is None:
+                unknown.append(value)
+            else:
+                found.append(i)
+        return np.asarray(found, dtype=np.int64), _unique(unknown)
+
+    def raw(self, internal: Iterable[int]) -> list[Any]:
+        """Raw ids (plain Python ints/strs) of internal ids."""
+        return [_plain(self.item_ids[i]) for i in internal]
+
+
+def _as_int(value: Any) -> int | None:
+    """An int in int64 range, from an int or from a decimal string; None otherwise."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, np.integer)):
+        number = int(value)
+    elif isinstance(value, str) and _INT_TEXT.fullmatch(value.strip()):
+        number = int(value.strip())
+    else:
+        return None
+    return number if _I64_MIN <= number <= _I64_MAX else None
+
+
+def _alternate(value: Any) -> Any:
+    """The other spelling of an id: str for an int, int for a decimal string."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, str) and _INT_TEXT.fullmatch(value.strip()):
+        return int(value.strip())
+    return None
+
+
+def _unique(values: list[Any]) -> list[Any]:
+    seen: set = set()
+    out = []
+    for value in values:
+        key = (type(value).__name__, value)
+        if key not in seen:
+            seen.add(key)
+            out.append(value)
+    return out
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def ids_array(values: np.ndarray) -> np.ndarray:
+    """Raw ids as an array ``np.save`` can write without pickle: int64 for integers, else unicode."""
+    arr = np.asarray(values)
+    if np.issubdtype(arr.dtype, np.integer):
+        return arr.astype(np.int64, copy=False)
+    if arr.dtype.kind == "U":
+        return arr
+    items = arr.tolist()
+    if items and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in items):
+        return np.asarray(items, dtype=np.int64)
+    return np.asarray([str(v) for v in items], dtype=str) if items else np.empty(0, dtype="<U1")
+
+
+def read_candidates(path: str | Path, lookup: ItemLookup) -> np.ndarray:
+    """Sorted unique internal ids of the raw item ids in ``path`` (one per line, blank lines skipped).
+
+    Candidates the model does not know are skipped and their count is logged (a warning naming the
+    first few).
+
+    Raises:
+        FileNotFoundError: If ``path`` does not exist.
+        ValueError: If the file lists no id, or none the model knows.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"candidates file not found: {path}")
+    values = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    values = [v for v in values if v]
+    if not values:
+        raise ValueError(f"candidates file {path} lists no item id")
+    ids, unknown = lookup.lookup(values)
+    if unknown:
+        shown = ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+        log.warning("%d of %d candidate ids in %s are unknown to the model and skipped: %s",
+                    len(unknown), len(set(values)), path, shown)
+    if not len(ids):
+        raise ValueError(f"none of the {len(set(values))} candidate ids in {path} is known to the model")
+    return np.unique(ids)

@@ -1,0 +1,376 @@
+"""HTTP serving: a FastAPI app answering ``POST /recommend`` from one loaded model and index.
+
+* ``POST /recommend`` ``{"history": [raw item ids, oldest first], "k": 10, "exclude_seen": true}`` ->
+  ``{"items": [raw ids], "scores": [...], "unknown_items": [raw ids dropped from the history]}``.
+  Raw ids may be sent as JSON ints or strings and match the checkpoint's ids either way.
+* ``GET /health``: status, catalogue size, index kind and batching counters.
+* ``GET /openapi.json`` and ``/docs``: the schema FastAPI derives from the request/response models.
+
+Dynamic batching: requests are put on an asyncio queue; a single worker task takes what is queued,
+waits a short window (``batch_window_ms``) for more, up to ``max_batch``, and runs the encoder and the
+index search for the whole batch in one worker thread, so the event loop keeps accepting requests.
+
+Errors are 4xx with ``{"detail": "<message>"}``: 400 empty or all-unknown history, 413 body over
+``max_body_bytes``, 422 wrong types, values out of range, unknown fields or a body that is not JSON.
+Messages never carry stack traces or file paths; an unexpected failure is a bare 500.
+
+This module does not use ``from __future__ import annotations``: FastAPI resolves the request model
+of the endpoint, which is built per app (its limits come from :class:`ServeConfig`), at runtime.
+"""
+
+import asyncio
+import json
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import torch
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StringConstraints
+
+from seqrec.retrieval.ids import ItemLookup
+from seqrec.retrieval.index import search
+from seqrec.retrieval.recommend import LoadedModel, load_model
+from seqrec.retrieval.run_index import KINDS, run_index
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Limits and batching of the HTTP server."""
+
+    index: str = "exact"  # index kind: the run's saved RUN/index/<kind>.faiss if built for these weights
+    max_k: int = 1000  # largest k a request may ask for
+    max_history: int = 10_000  # most history items a request may send (the encoder sees the last maxlen)
+    max_id_length: int = 256  # longest string id accepted
+    max_body_bytes: int = 1_000_000  # larger request bodies get 413
+    batch_window_ms: float = 2.0  # how long the batcher waits for more requests after the first
+    max_batch: int = 64  # most requests run through the encoder and index together
+
+    def __post_init__(self) -> None:
+        if self.index not in KINDS:
+            raise ValueError(f"index must be one of {', '.join(KINDS)}, got {self.index!r}")
+        for name in ("max_k", "max_history", "max_id_length", "max_body_bytes", "max_batch"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if not 0 <= self.batch_window_ms <= 1000:
+            raise ValueError(f"batch_window_ms must be in [0, 1000], got {self.batch_window_ms}")
+
+
+@dataclass
+class Job:
+    """One request, in internal ids."""
+
+    history: np.ndarray  # (n,) int64 internal item ids, oldest first, n >= 1
+    k: int
+    exclude_seen: bool
+
+
+class Recommender:
+    """The synchronous core: history -> user vector -> top-k items, for a batch of requests."""
+
+    def __init__(self, loaded: LoadedModel, index: Any, index_kind: str):
+        if index.ntotal != loaded.model.num_items:
+            raise ValueError(f"the index holds {index.ntotal} items but the checkpoint has {loaded.model.num_items}")
+        self.loaded = loaded
+        self.index = index
+        self.index_kind = index_kind
+        self.lookup = ItemLookup(loaded.item_ids)
+
+    @property
+    def num_items(self) -> int:
+        return self.loaded.model.num_items
+
+    def recommend(self, jobs: list[Job]) -> list[tuple[list[Any], list[float]]]:
+        """(raw item ids, scores) per job; fewer than k items when fewer are eligible."""
+        maxlen = self.loaded.model.config.maxlen
+        tails = [job.history[-maxlen:] for job in jobs]
+        width = max(len(t) for t in tails)  # left padding: the encoder is padding-invariant
+        window = np.zeros((len(jobs), width), dtype=np.int64)
+        for row, tail in enumerate(tails):
+            window[row, width - len(tail) :] = tail
+        queries = self.loaded.user_vectors(torch.from_numpy(window))
+        empty = np.empty(0, dtype=np.int64)
+        exclude = [job.history - 1 if job.exclude_seen else empty for job in jobs]
+        k = max(job.k for job in jobs)  # one search; each job keeps its first k (same order)
+        scores, rows = search(self.index, queries, k, exclude=exclude)
+        out = []
+        for job, job_scores, job_rows in zip(jobs, scores, rows, strict=True):
+            job_rows, job_scores = job_rows[: job.k], job_scores[: job.k]
+            valid = job_rows >= 0
+            out.append((self.lookup.raw(job_rows[valid] + 1), [float(s) for s in job_scores[valid]]))
+        return out
+
+
+def load_recommender(run: str | Path, index_kind: str = "exact", *, progress: bool = False) -> Recommender:
+    """Loads the model of ``run`` and its index of ``index_kind`` (saved, or built in memory)."""
+    loaded = load_model(run)
+    index, _ = run_index(loaded, run, index_kind, progress=progress)
+    return Recommender(loaded, index, index_kind)
+
+
+class Batcher:
+    """Collects concurrent jobs into batches and runs each batch in one worker thread."""
+
+    def __init__(self, recommender: Recommender, max_batch: int, window_s: float):
+        self.recommender = recommender
+        self.max_batch = max_batch
+        self.window_s = window_s
+        self.requests = 0
+        self.batches = 0
+        self.largest_batch = 0
+        self._queue: asyncio.Queue | None = None
+        self._task: asyncio.Task | None = None
+        self._executor: ThreadPoolExecutor | None = None
+
+    def start(self) -> None:
+        self._queue = asyncio.Queue()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="seqrec-batch")
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+
+    async def submit(self, job: Job) -> tuple[list[Any], list[float]]:
+        future = asyncio.get_running_loop().create_future()
+        await self._queue.put((job, future))
+        return await future
+
+    def _drain(self, batch: list) -> None:
+        while len(batch) < self.max_batch:
+            try:
+                batch.append(self._queue.get_nowait())
+            except asyncio.QueueEmpty:
+                return
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self._queue.get()]
+            self._drain(batch)
+            if len(batch) < self.max_batch and self.window_s > 0:
+                await asyncio.sleep(self.window_s)
+                self._drain(batch)
+            batch = [(job, future) for job, future in batch if not future.done()]  # clients gone
+            if not batch:
+                continue
+            self.batches += 1
+            self.requests += len(batch)
+            self.largest_batch = max(self.largest_batch, len(batch))
+            try:
+                results = await loop.run_in_executor(
+                    self._executor, self.recommender.recommend, [job for job, _ in batch]
+                )
+            except Exception as exc:  # noqa: BLE001 - every waiting request must be answered
+                log.exception("batch of %d requests failed", len(batch))
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (_, future), result in zip(batch, results, strict=True):
+                if not future.done():
+                    future.set_result(result)
+
+
+class BodyLimitMiddleware:
+    """Answers 413 for request bodies over ``max_bytes`` (declared or streamed), before any parsing.
+
+    An oversized body is still read (and discarded) up to ``drain_bytes`` so the client, which sends
+    its whole request before reading the answer, gets the 413 instead of a broken connection.
+    """
+
+    def __init__(self, app: Any, max_bytes: int, drain_bytes: int | None = None):
+        self.app = app
+        self.max_bytes = max_bytes
+        self.drain_bytes = drain_bytes if drain_bytes is not None else 64 * max_bytes
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        too_big = False
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                try:
+                    too_big = int(value) > self.max_bytes
+                except ValueError:
+                    await _send_json(send, 400, {"detail": "invalid Content-Length header"})
+                    return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body = message.get("body", b"")
+            size += len(body)
+            too_big = too_big or size > self.max_bytes
+            if not too_big:
+                chunks.append(body)
+            if not message.get("more_body", False) or size > self.drain_bytes:
+                break
+        if too_big:
+            await _send_json(send, 413, {"detail": f"request body too large: the limit is {self.max_bytes} bytes"})
+            return
+        replayed = False
+
+        async def replay() -> dict:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+async def _send_json(send: Any, status: int, payload: dict) -> None:
+    body = json.dumps(payload).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _validation_message(exc: RequestValidationError, max_id_length: int) -> str:
+    """A short description of what failed validation; never echoes the input."""
+    parts: list[str] = []
+    for error in exc.errors():
+        kind = error.get("type", "")
+        loc = [p for p in error.get("loc", ()) if p != "body"]
+        if kind == "json_invalid":
+            return "request body is not valid JSON"
+        if not loc:
+            if kind == "missing":
+                return 'request body is missing: send a JSON object such as {"history": [...], "k": 10}'
+            return "request body must be a JSON object (Content-Type: application/json)"
+        if len(loc) >= 2 and loc[0] == "history" and isinstance(loc[1], int):
+            # Union branches (int | str) fail separately; report the element once.
+            text = (f"history[{loc[1]}]: an item id must be a JSON integer or a string of 1 to "
+                    f"{max_id_length} characters")
+        else:
+            text = f"{'.'.join(map(str, loc))}: {error.get('msg', 'invalid value')}"
+        if text not in parts:
+            parts.append(text)
+        if len(parts) == 5:
+            break
+    return "; ".join(parts) or "invalid request"
+
+
+class RecommendResponse(BaseModel):
+    items: list[int | str] = Field(description="recommended raw item ids, best first")
+    scores: list[float] = Field(description="similarity of each item to the user, descending")
+    unknown_items: list[int | str] = Field(
+        description="history ids the model does not know; dropped before encoding"
+    )
+
+
+class ErrorResponse(BaseModel):
+    detail: str
+
+
+class Health(BaseModel):
+    status: str
+    num_items: int
+    index: str
+    similarity: str
+    requests: int = Field(description="requests answered through the batcher")
+    batches: int = Field(description="encoder/index batches run; fewer than requests under concurrency")
+    largest_batch: int
+
+
+def create_app(recommender: Recommender, config: ServeConfig | None = None) -> FastAPI:
+    """The FastAPI app serving ``recommender`` with the limits of ``config``."""
+    config = config or ServeConfig(index=recommender.index_kind)
+    batcher = Batcher(recommender, config.max_batch, config.batch_window_ms / 1000.0)
+
+    RawId = StrictInt | Annotated[str, StringConstraints(strict=True, min_length=1, max_length=config.max_id_length)]
+
+    class RecommendRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        history: list[RawId] = Field(
+            max_length=config.max_history,
+            description="raw item ids the user interacted with, oldest first (ints or strings)",
+        )
+        k: StrictInt = Field(10, ge=1, le=config.max_k, description="number of items to return")
+        exclude_seen: StrictBool = Field(True, description="never return an item of the history")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        batcher.start()
+        try:
+            yield
+        finally:
+            await batcher.stop()
+
+    app = FastAPI(title="seqrec", description="Next-item recommendations from a SASRec model.", lifespan=lifespan)
+    app.state.batcher = batcher
+    app.state.recommender = recommender
+    app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse(status_code=422, content={"detail": _validation_message(exc, config.max_id_length)})
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception) -> JSONResponse:
+        log.error("unexpected error on %s: %s", request.url.path, type(exc).__name__)
+        return JSONResponse(status_code=500, content={"detail": "internal server error"})
+
+    errors = {code: {"model": ErrorResponse} for code in (400, 413, 422)}
+
+    @app.post("/recommend", response_model=RecommendResponse, responses=errors)
+    async def recommend(body: RecommendRequest) -> Response:
+        """Top-k items for a user given as a history of raw item ids."""
+        if not body.history:
+            raise HTTPException(400, "history is empty: send at least one item id, oldest first")
+        ids, unknown = recommender.lookup.lookup(body.history)
+        if not len(ids):
+            shown = ", ".join(map(json.dumps, unknown[:5])) + (" ..." if len(unknown) > 5 else "")
+            raise HTTPException(400, f"none of the {len(unknown)} history item ids is known to the model: {shown}")
+        items, scores = await batcher.submit(Job(ids, body.k, body.exclude_seen))
+        payload = {"items": items, "scores": scores, "unknown_items": unknown}
+        return Response(json.dumps(payload, separators=(",", ":")), media_type="application/json")
+
+    @app.get("/health", response_model=Health)
+    async def health() -> Health:
+        """Liveness plus batching counters."""
+        return Health(status="ok", num_items=recommender.num_items, index=recommender.index_kind,
+                      similarity=recommender.loaded.similarity, requests=batcher.requests,
+                      batches=batcher.batches, largest_batch=batcher.largest_batch)
+
+    return app
+
+
+def serve(
+    run: str | Path,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    config: ServeConfig | None = None,
+    access_log: bool = False,
+    progress: bool = False,
+) -> None:
+    """Loads the model and index of ``run`` once and serves them with uvicorn until interrupted."""
+    import uvicorn
+
+    config = config or ServeConfig()
+    recommender = load_recommender(run, config.index, progress=progress)
+    app = create_app(recommender, config)
+    log.info("serving %d items (%s index, %s) on http://%s:%d", recommender.num_items, config.index,
+             recommender.loaded.similarity, host, port)
+    uvicorn.run(app, host=host, port=port, access_log=access_log, log_level="info")

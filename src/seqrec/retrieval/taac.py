@@ -1,0 +1,298 @@
+"""TAAC 2025 inference: a trained run + an evaluation directory -> the top-10 creative_ids per test user.
+
+Everything the model needs comes from the run's checkpoint (architecture, weights, feature tables)
+and from the training directory named in its config (the indexer and the training items' features,
+needed to read the evaluation files, which use the training re-ids); nothing is repeated by hand.
+
+Items unseen in training (candidates, and history events the evaluation files name by raw creative_id)
+join the catalogue after the training items: they have no trained id embedding, so the item tower
+embeds them from their features (the candidate's ``features`` and vectors, or the event's item
+features). Histories are used whole (the baseline's reader dropped the most recent item by mistake)
+and cut to the last ``model.maxlen`` items. Candidates are scored by inner product of the normalised
+(cosine models) or raw (dot models) vectors with an exact FAISS index, and each user gets the 10 best
+distinct creative_ids, in ``predict_seq.jsonl`` order. When the directory holds
+``predict_targets.jsonl`` (our synthetic data), the score ``0.31 * HR@10 + 0.69 * NDCG@10`` is computed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from seqrec.config import config_from_dict
+from seqrec.data.batches import left_padded_windows
+from seqrec.data.features import FeatureSet, csr_take, taac_features
+from seqrec.data.taac import (
+    PREDICT_TARGETS_FILE,
+    TaacData,
+    TaacPredict,
+    competition_score,
+    hit_ndcg_at_10,
+    read_taac,
+    read_taac_predict,
+    read_taac_targets,
+)
+from seqrec.model.features import model_from_state
+from seqrec.retrieval.index import IndexConfig, build_index, search
+from seqrec.train.checkpoint import load_checkpoint
+
+
+@dataclass
+class TaacInference:
+    """What ``taac_infer`` wrote and, when the targets are known, how well it did."""
+
+    out: Path
+    num_users: int
+    num_candidates: int  # distinct candidate creative_ids
+    num_new_items: int  # creatives unseen in training, embedded from their features
+    hr10: float | None = None
+    ndcg10: float | None = None
+    score: float | None = None  # 0.31 * HR@10 + 0.69 * NDCG@10
+
+
+def _key(value: Any) -> int | str:
+    """One key per creative: ints (NumPy too) and decimal strings compare equal, as in the reader."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return int(value)
+    text = str(value)
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 18 else text
+
+
+def _column(sparse: dict, arrays: dict, name: str, rows: np.ndarray, cardinality: int) -> np.ndarray:
+    """One categorical value per row (an array feature gives its first value); unknown values -> 0."""
+    if name in sparse:
+        values = sparse[name][rows]
+    elif name in arrays:
+        offsets, flat = arrays[name]
+        has = offsets[rows + 1] > offsets[rows]
+        values = np.where(has, flat[np.minimum(offsets[rows], max(len(flat) - 1, 0))] if len(flat) else 0, 0)
+    else:
+        values = np.zeros(len(rows), dtype=np.int64)
+    values = np.asarray(values, dtype=np.int64)
+    return np.where((values >= 0) & (values < cardinality), values, 0)
+
+
+def _lists(sparse: dict, arrays: dict, name: str, rows: np.ndarray, cardinality: int) -> tuple[np.ndarray, np.ndarray]:
+    """CSR lists per row (a sparse feature gives a one-value list); unknown values -> 0 (ignored)."""
+    if name in arrays:
+        offsets, values = csr_take(*arrays[name], rows)
+    else:
+        single = sparse[name][rows] if name in sparse else np.zeros(len(rows), dtype=np.int64)
+        offsets = np.arange(len(rows) + 1, dtype=np.int64)
+        values = np.asarray(single, dtype=np.int64)
+    return offsets, np.where((values >= 0) & (values < cardinality), values, 0)
+
+
+def _concat_csr(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    return np.concatenate([a[0], b[0][1:] + a[0][-1]]), np.concatenate([a[1], b[1]])
+
+
+def inference_catalogue(
+    train_features: FeatureSet, train: TaacData, predict: TaacPredict
+) -> tuple[FeatureSet, np.ndarray, np.ndarray, np.ndarray]:
+    """The training items followed by every creative of the evaluation files unseen in training.
+
+    Returns:
+        ``(features, id_rows, history_rows, candidate_rows)``: item features of the extended catalogue
+        (users: the evaluation users), the id-embedding row of every catalogue row (0 for new items),
+        the catalogue row of every history event and of every candidate.
+    """
+    num_items = train.num_items
+    cand = predict.candidates
+    new_rows: dict[int | str, int] = {}
+    from_candidate: list[int] = []  # candidate index of each new row, or -1
+    from_event: list[int] = []  # event index of each new row, or -1
+    candidate_rows = cand.items.astype(np.int64).copy()
+    for c in np.flatnonzero(cand.items == 0).tolist():
+        key = _key(cand.creative_ids[c])
+        if key not in new_rows:
+            new_rows[key] = num_items + 1 + len(new_rows)
+            from_candidate.append(c)
+            from_event.append(-1)
+        candidate_rows[c] = new_rows[key]
+    history_rows = predict.items.astype(np.int64).copy()
+    for e in np.flatnonzero(predict.items == 0).tolist():
+        key = _key(predict.raw_items[e])
+        if key not in new_rows:
+            new_rows[key] = num_items + 1 + len(new_rows)
+            from_candidate.append(-1)
+            from_event.append(e)
+        history_rows[e] = new_rows[key]
+    by_cand = np.asarray(from_candidate, dtype=np.int64)
+    by_event = np.asarray(from_event, dtype=np.int64)
+    use_cand = by_cand >= 0
+    card = train_features.cardinality
+
+    def new_column(name: str) -> np.ndarray:
+        out = np.zeros(len(by_cand), dtype=np.int64)
+        out[use_cand] = _column(cand.sparse, cand.array, name, by_cand[use_cand], card[name])
+        out[~use_cand] = _column(predict.event_sparse, predict.event_array, name, by_event[~use_cand], card[name])
+        return out
+
+    def new_lists(name: str) -> tuple[np.ndarray, np.ndarray]:
+        # New rows in order: each from a candidate or an event, so interleave the two CSR sources.
+        c_off, c_val = _lists(cand.sparse, cand.array, name, by_cand[use_cand], card[name])
+        e_off, e_val = _lists(predict.event_sparse, predict.event_array, name, by_event[~use_cand], card[name])
+        lists: list[np.ndarray] = []
+        ci = ei = 0
+        for is_cand in use_cand.tolist():
+            if is_cand:
+                lists.append(c_val[c_off[ci] : c_off[ci + 1]])
+                ci += 1
+            else:
+                lists.append(e_val[e_off[ei] : e_off[ei + 1]])
+                ei += 1
+        offsets = np.zeros(len(lists) + 1, dtype=np.int64)
+        np.cumsum([len(v) for v in lists], out=offsets[1:])
+        return offsets, np.concatenate(lists) if lists else np.zeros(0, dtype=np.int64)
+
+    vectors = {}
+    for name, (matrix, present) in train_features.item_vectors.items():
+        new_matrix = np.zeros((len(by_cand), matrix.shape[1]), dtype=np.float32)
+        new_present = np.zeros(len(by_cand), dtype=bool)
+        if name in cand.vectors:  # history-only new items have no vector: absent
+            c_matrix, c_present = cand.vectors[name]
+            new_matrix[use_cand] = c_matrix[by_cand[use_cand]]
+            new_present[use_cand] = c_present[by_cand[use_cand]]
+        vectors[name] = (np.concatenate([matrix, new_matrix]), np.concatenate([present, new_present]))
+
+    num_users = predict.num_users
+    users = np.arange(num_users)
+    features = FeatureSet(
+        num_items=num_items + len(by_cand),
+        num_users=num_users,
+        item_categorical={n: np.concatenate([v, new_column(n)]) for n, v in train_features.item_categorical.items()},
+        item_multi={n: _concat_csr(v, new_lists(n)) for n, v in train_features.item_multi.items()},
+        item_vectors=vectors,
+        user_categorical={
+            n: _column(predict.user_sparse, predict.user_array, n, users, card[n]) for n in train_features.user_categorical
+        },
+        user_multi={n: _lists(predict.user_sparse, predict.user_array, n, users, card[n]) for n in train_features.user_multi},
+        cardinality=card,
+    )
+    id_rows = np.concatenate([np.arange(num_items + 1), np.zeros(len(by_cand), dtype=np.int64)])
+    return features, id_rows, history_rows, candidate_rows
+
+
+@torch.no_grad()
+def taac_infer(
+    run: str | Path,
+    eval_dir: str | Path,
+    out: str | Path,
+    *,
+    data_dir: str | Path | None = None,
+    k: int = 10,
+    exclude_seen: bool = False,
+    batch_size: int = 512,
+    progress: bool = False,
+) -> TaacInference:
+    """Writes ``out`` (JSON lines ``{"user_id": ..., "creative_ids": [...]}``, predict_seq.jsonl order).
+
+    Args:
+        run: run directory or checkpoint of a model trained on a TAAC training directory.
+        eval_dir: holds ``predict_seq.jsonl`` and ``predict_set.jsonl`` (optionally ``creative_emb/``,
+            ``predict_targets.jsonl``).
+        out: the result file.
+        data_dir: the training directory (default: the one in the run's config).
+        k: creatives per user.
+        exclude_seen: never return a creative already in the user's history (the competition does not).
+        batch_size: users per encoder batch.
+        progress: show progress bars.
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    state = load_checkpoint(run)
+    config = config_from_dict(state["config"], where=state["path"])
+    data_dir = data_dir if data_dir is not None else config.data.path
+    if data_dir is None:
+        raise ValueError(f"{state['path']}: the run was not trained on a TAAC directory; pass its training directory")
+    model = model_from_state(state["num_items"], config.model, state["model"]).eval()
+    tower = model.item_tower
+    wanted = [name for name, _, _ in tower.schema["vectors"]] if tower is not None else []
+    train = read_taac(data_dir, progress=progress, vector_features=wanted)
+    if train.num_items != state["num_items"]:
+        raise ValueError(f"{data_dir} has {train.num_items} items, the checkpoint {state['num_items']}")
+    predict = read_taac_predict(eval_dir, train, progress=progress, vector_features=wanted)
+    features, id_rows, history_rows, candidate_rows = inference_catalogue(taac_features(train), train, predict)
+    if tower is not None:
+        tower.set_catalogue(features, id_rows)
+    else:  # an id-only model has no vector for an unseen creative: it is dropped from histories, scores 0
+        history_rows = np.where(history_rows > train.num_items, 0, history_rows)
+        candidate_rows = np.where(candidate_rows > train.num_items, 0, candidate_rows)
+    if model.user_tower is not None:
+        model.user_tower.set_users(features)
+
+    # Distinct candidates, first occurrence wins.
+    keys = [_key(c) for c in predict.candidates.creative_ids.tolist()]
+    first: dict[int | str, int] = {}
+    for c, key in enumerate(keys):
+        first.setdefault(key, c)
+    chosen = np.fromiter(first.values(), dtype=np.int64, count=len(first))
+    cand_keys = [keys[c] for c in chosen]
+    cand_vecs = model.item_embeddings(torch.from_numpy(candidate_rows[chosen])).float()
+    similarity = state["similarity"]
+    if similarity == "cosine":
+        cand_vecs = F.normalize(cand_vecs, dim=-1)
+    index = build_index(cand_vecs.numpy(), IndexConfig(kind="exact"), progress=False)
+    row_of = {int(r): j for j, r in enumerate(candidate_rows[chosen].tolist())}  # catalogue row -> index row
+
+    keep = history_rows > 0
+    offsets = np.zeros(predict.num_users + 1, dtype=np.int64)
+    owner = np.repeat(np.arange(predict.num_users), np.diff(predict.offsets))  # user of every event
+    np.cumsum(np.bincount(owner[keep], minlength=predict.num_users), out=offsets[1:])
+    rows = history_rows[keep]
+    maxlen = model.config.maxlen
+    top: list[list[int | str]] = []
+    for start in tqdm(range(0, predict.num_users, batch_size), desc="taac-infer", disable=not progress, unit="batch"):
+        users = np.arange(start, min(start + batch_size, predict.num_users))
+        starts, ends = offsets[users], offsets[users + 1]
+        width = int(min(max((ends - starts).max(initial=1), 1), maxlen))
+        window = torch.from_numpy(left_padded_windows(rows, starts, ends, width))
+        queries = model.user_embeddings(window, torch.from_numpy(users)).float()
+        if similarity == "cosine":
+            queries = F.normalize(queries, dim=-1)
+        exclude = None
+        if exclude_seen:
+            exclude = [np.asarray([row_of[r] for r in rows[s:e].tolist() if r in row_of], dtype=np.int64)
+                       for s, e in zip(starts, ends, strict=True)]
+        _, found = search(index, queries.numpy(), min(k, len(chosen)), exclude=exclude)
+        top.extend([cand_keys[j] for j in found_row if j >= 0] for found_row in found.tolist())
+
+    out = Path(out)
+    _write_results(out, predict.user_ids.tolist(), top)
+    result = TaacInference(out, predict.num_users, len(chosen), int(len(id_rows) - train.num_items - 1))
+    if (Path(eval_dir) / PREDICT_TARGETS_FILE).is_file():
+        target_users, targets = read_taac_targets(eval_dir)
+        if [_key(u) for u in target_users.tolist()] != [_key(u) for u in predict.user_ids.tolist()]:
+            raise ValueError(f"{eval_dir}: {PREDICT_TARGETS_FILE} does not list the users of predict_seq.jsonl in order")
+        result.hr10, result.ndcg10 = hit_ndcg_at_10(top, targets.tolist())
+        result.score = competition_score(result.hr10, result.ndcg10)
+    return result
+
+
+def _write_results(path: Path, users: list, top: list[list[int | str]]) -> None:
+    """JSON lines, written to a temporary file and renamed, so a failure leaves no half file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            for user, creatives in zip(users, top, strict=True):
+                handle.write(json.dumps({"user_id": _plain(user), "creative_ids": creatives}) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
