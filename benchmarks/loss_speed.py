@@ -147,21 +147,23 @@ def child(args: argparse.Namespace) -> None:
         base = torch.cuda.memory_allocated()
     else:
         base = _maxrss_mb()
-    times, loss = [], float("nan")
+    times, cpu, loss = [], [], float("nan")
     for _ in range(args.reps + 1):
         for k in ("seq", "pos", "neg"):
             x[k].grad = None
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         out = fn(x)
         out.backward()
         if cuda:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
         loss = out.item()
         del out
     peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if cuda else _maxrss_mb() - base
     rows, cols = scored_matrix(args.method, x)
     print(json.dumps({"median_s": statistics.median(times[1:]), "times": times, "peak_mb": peak,
+                      "cpu_s": statistics.median(cpu[1:]), "load": os.getloadavg()[0],
                       "loss": loss, "rows": rows, "cols": cols}))  # fmt: skip
 
 
@@ -169,7 +171,10 @@ def measure(method: str, ids: str, size: tuple[int, int, int], args: argparse.Na
     cmd = [sys.executable, __file__, "--child", "--method", method, "--ids", ids, "--device", args.device,
            "--reps", str(args.reps), "--threads", str(args.threads),
            "--B", str(size[0]), "--L", str(size[1]), "--D", str(size[2])]  # fmt: skip
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+    env = dict(os.environ)
+    if args.omp_wait_policy:
+        env["OMP_WAIT_POLICY"] = args.omp_wait_policy
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env)
     if done.returncode != 0:
         return {"error": (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]}
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -224,32 +229,31 @@ def run_all(args: argparse.Namespace) -> str:
                     note_at[key] = res
 
     lines = [
-        "| method | ids | (B,L,D) | scored matrix (rows x pool) | median fwd+bwd s | peak MB | speed-up vs note "
-        "| memory / note | loss |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| method | ids | (B,L,D) | scored matrix (rows x pool) | median fwd+bwd s (wall) | median CPU s "
+        "| peak MB | speed-up vs note (wall / CPU) | memory / note | load avg | loss |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        size = "({},{},{})".format(*r["size"])
+        head = "| {} | {} | ({},{},{}) |".format(r["method"], r["ids"], *r["size"])
         note = note_at.get((r["ids"], r["size"]))
         if "error" in r:
-            lines.append(f"| {r['method']} | {r['ids']} | {size} | | failed: {r['error']} | | | | |")
+            lines.append(f"{head} | failed: {r['error']} | | | | | | |")
             continue
         if r.get("estimate"):
             lines.append(
-                f"| {r['method']} | {r['ids']} | {size} | | not run (est. ~{r['median_s']:.0f}) "
-                f"| not run (est. ~{r['peak_mb']:.0f}) | | | |"
+                f"{head} | not run (est. ~{r['median_s']:.0f}) | | not run (est. ~{r['peak_mb']:.0f}) "
+                "| | | | |"
             )
             continue
-        tilde = "~" if note is not None and note.get("estimate") else ""
-        speed = f"{tilde}{note['median_s'] / r['median_s']:.1f}x" if note and "median_s" in note else ""
-        mem = (
-            f"{tilde}{note['peak_mb'] / max(r['peak_mb'], 1e-9):.1f}x less"
-            if note and "peak_mb" in note
-            else ""
-        )
+        ratio = mem = ""
+        if note is not None and "median_s" in note:
+            tilde = "~" if note.get("estimate") else ""
+            cpu = f"{note['cpu_s'] / r['cpu_s']:.1f}x" if "cpu_s" in note else "n/a"
+            ratio = f"{tilde}{note['median_s'] / r['median_s']:.1f}x / {tilde}{cpu}"
+            mem = f"{tilde}{note['peak_mb'] / max(r['peak_mb'], 1e-9):.1f}x less"
         lines.append(
-            f"| {r['method']} | {r['ids']} | {size} | {r['rows']} x {r['cols']} | {r['median_s']:.3f} "
-            f"| {r['peak_mb']:.0f} | {speed} | {mem} | {r['loss']:.6f} |"
+            f"{head} {r['rows']} x {r['cols']} | {r['median_s']:.3f} | {r['cpu_s']:.3f} | {r['peak_mb']:.0f} "
+            f"| {ratio} | {mem} | {r['load']:.1f} | {r['loss']:.6f} |"
         )
     return "\n".join(lines)
 
@@ -258,6 +262,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--reps", type=int, default=3, help="timed runs after one warm-up (median reported)")
+    ap.add_argument("--omp-wait-policy", default="PASSIVE",
+                    help="OMP_WAIT_POLICY of the measuring processes ('' keeps the environment's): on a "
+                         "shared, oversubscribed machine, spinning OpenMP threads whose partner was "
+                         "descheduled inflate the wall time of code with many parallel regions")  # fmt: skip
     ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     ap.add_argument("--max-dense-gb", type=float, default=12.0,
                     help="skip dense-masked at the larger size when its estimated peak is above this")  # fmt: skip
@@ -287,7 +295,9 @@ def main() -> None:
             f"- command: `python benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:])}`",
             f"- date: {started:%Y-%m-%d %H:%M} UTC",
             f"- machine: {device}; torch {torch.__version__}, {args.threads} intra-op threads",
-            f"- time: median of {args.reps} fwd+bwd runs after one warm-up; memory: "
+            f"- time: median of {args.reps} fwd+bwd runs after one warm-up, wall clock and process CPU time "
+            f"(all threads); OMP_WAIT_POLICY={args.omp_wait_policy or 'unset'}; load avg: 1-min load "
+            "average when the measurement ended (the machine is shared); memory: "
             + ("`torch.cuda.max_memory_allocated` increase" if args.device == "cuda" else
                "increase of `ru_maxrss` over the value after building the inputs, fresh process per row"),
             "- K = 1 negative per position, temperature 0.07, sequences left-padded with lengths uniform in "

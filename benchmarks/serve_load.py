@@ -51,8 +51,9 @@ def loadavg() -> float:
 
 
 def start_server(run: Path, port: int, args: argparse.Namespace) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "seqrec", "serve", str(run), "--index", "hnsw", "--port", str(port), "--quiet",
-           "--batch-window-ms", str(args.batch_window_ms), "--max-batch", str(args.max_batch)]
+    cmd = [sys.executable, "-m", "seqrec", "serve", str(run), "--index", args.index, "--port", str(port), "--quiet",
+           "--batch-window-ms", str(args.batch_window_ms), "--max-batch", str(args.max_batch),
+           "--threads", str(args.server_threads)]
     log("starting: " + " ".join(cmd[1:]))
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open("/tmp/seqrec-bench/serve.log", "w"))
     deadline = time.monotonic() + 300
@@ -71,7 +72,7 @@ def start_server(run: Path, port: int, args: argparse.Namespace) -> subprocess.P
 
 
 async def run_level(url: str, bodies: list[bytes], clients: int, seconds: float, max_requests: int,
-                    warmup: float) -> dict:
+                    warmup: float, server_pid: int) -> dict:
     latencies: list[float] = []
     errors = 0
     counter = 0
@@ -95,9 +96,12 @@ async def run_level(url: str, bodies: list[bytes], clients: int, seconds: float,
         await asyncio.gather(*(worker(time.perf_counter() + warmup, False) for _ in range(clients)))
         before = (await client.get("/health")).json()
         counter = 0
+        load0, server0, client0 = loadavg(), cpu_seconds(server_pid), time.process_time()
         started = time.perf_counter()
         await asyncio.gather(*(worker(started + seconds, True) for _ in range(clients)))
         wall = time.perf_counter() - started
+        server_cpu, client_cpu = cpu_seconds(server_pid) - server0, time.process_time() - client0
+        load = (load0 + loadavg()) / 2
         after = (await client.get("/health")).json()
     lat = np.asarray(latencies) * 1000
     batches = after["batches"] - before["batches"]
@@ -106,26 +110,39 @@ async def run_level(url: str, bodies: list[bytes], clients: int, seconds: float,
         "rps": len(latencies) / wall, "p50": float(np.percentile(lat, 50)), "p90": float(np.percentile(lat, 90)),
         "p99": float(np.percentile(lat, 99)), "max": float(lat.max()), "mean": float(lat.mean()),
         "batch": (after["requests"] - before["requests"]) / max(batches, 1),
+        "server_cpu": server_cpu, "client_cpu": client_cpu, "load": load,
     }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    parser.add_argument("--run", type=Path, help="serve this run instead of the 1M catalogue (random histories)")
+    parser.add_argument("--index", default="hnsw", help="seqrec serve --index (default hnsw)")
     parser.add_argument("--clients", default="1,8,64")
     parser.add_argument("--seconds", type=float, default=20.0, help="measured seconds per level")
     parser.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds per level")
     parser.add_argument("--max-requests", type=int, default=20_000, help="cap on measured requests per level")
     parser.add_argument("--batch-window-ms", type=float, default=2.0)
     parser.add_argument("--max-batch", type=int, default=64)
+    parser.add_argument("--server-threads", type=int, default=1, help="seqrec serve --threads")
     parser.add_argument("--repeats", type=int, default=1, help="runs per level; the median run (by p99) is shown")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     args = parser.parse_args()
 
     spec = Catalogue()
-    run = prepare(args.cache, spec)
-    histories = random_histories(2000, spec.num_items, 20, 50, seed=1)
-    bodies = [json.dumps({"history": (h + ID_OFFSET).tolist(), "k": 10, "exclude_seen": True}).encode()
+    if args.run is None:
+        run = prepare(args.cache, spec)
+        raw_ids = np.arange(ID_OFFSET, ID_OFFSET + spec.num_items + 1)
+        catalogue = f"{spec.num_items:,} items x {spec.dim}, HNSW M={spec.hnsw_m} efSearch={spec.hnsw_ef_search}"
+    else:
+        from seqrec.train.checkpoint import ids_from_list, load_checkpoint
+
+        run = args.run
+        raw_ids = ids_from_list(load_checkpoint(run)["item_ids"])
+        catalogue = f"{run} ({len(raw_ids) - 1:,} items, {args.index} index)"
+    histories = random_histories(2000, len(raw_ids) - 1, 20, 50, seed=1)
+    bodies = [json.dumps({"history": raw_ids[h].tolist(), "k": 10, "exclude_seen": True}).encode()
               for h in histories]
     port = free_port()
     server = start_server(run, port, args)
@@ -135,10 +152,8 @@ def main() -> int:
         for clients in [int(c) for c in args.clients.split(",")]:
             runs = []
             for _ in range(args.repeats):
-                load0, server0, client0 = loadavg(), cpu_seconds(server.pid), time.process_time()
-                result = asyncio.run(run_level(url, bodies, clients, args.seconds, args.max_requests, args.warmup))
-                result.update(server_cpu=cpu_seconds(server.pid) - server0, client_cpu=time.process_time() - client0,
-                              load=(load0 + loadavg()) / 2)
+                result = asyncio.run(run_level(url, bodies, clients, args.seconds, args.max_requests, args.warmup,
+                                               server.pid))
                 log(f"{clients} clients: {result['rps']:.0f} req/s, p50 {result['p50']:.1f} ms, "
                     f"p99 {result['p99']:.1f} ms, batch {result['batch']:.1f}, load {result['load']:.1f}")
                 runs.append(result)
@@ -148,14 +163,17 @@ def main() -> int:
         server.wait(timeout=30)
 
     print(f"\n{time.strftime('%Y-%m-%d %H:%M')}, {platform.node()}, {os.cpu_count()} CPUs, "
-          f"catalogue {spec.num_items:,} items x {spec.dim}, HNSW M={spec.hnsw_m} efSearch={spec.hnsw_ef_search}, "
+          f"catalogue {catalogue}, "
           f"batch window {args.batch_window_ms} ms, max batch {args.max_batch}\n")
-    print("| clients | requests | req/s | p50 ms | p90 ms | p99 ms | max ms | errors | mean batch | server CPU s | client CPU s | load avg |")
+    # CPU ms per request (server and load generator) does not depend on how busy the machine is.
+    print("| clients | requests | req/s | p50 ms | p90 ms | p99 ms | max ms | errors | mean batch "
+          "| server CPU ms/req | client CPU ms/req | load avg |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
+        n = max(r["requests"] + r["errors"], 1)
         print(f"| {r['clients']} | {r['requests']} | {r['rps']:.0f} | {r['p50']:.1f} | {r['p90']:.1f} | "
-              f"{r['p99']:.1f} | {r['max']:.1f} | {r['errors']} | {r['batch']:.1f} | {r['server_cpu']:.1f} | "
-              f"{r['client_cpu']:.1f} | {r['load']:.1f} |")
+              f"{r['p99']:.1f} | {r['max']:.1f} | {r['errors']} | {r['batch']:.1f} | "
+              f"{1000 * r['server_cpu'] / n:.2f} | {1000 * r['client_cpu'] / n:.2f} | {r['load']:.1f} |")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0

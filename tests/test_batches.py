@@ -197,3 +197,20 @@ def test_sample_negatives_shape_and_range():
     neg = sample_negatives(np.random.default_rng(0), np.array([0, 1]), (2, 3, 5), NUM_ITEMS, seen)
     assert neg.shape == (2, 3, 5) and neg.dtype == np.int64
     assert neg.min() >= 1 and neg.max() <= NUM_ITEMS
+
+
+def test_contains_rows_equals_contains_with_and_without_the_bitmap(monkeypatch):
+    rng = np.random.default_rng(1)
+    lengths = rng.integers(0, 60, size=30)
+    offsets = np.zeros(31, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    items = rng.integers(1, 200, size=int(offsets[-1]))
+    seen = UserItemSet(offsets, items, lengths, 199)
+    users = rng.integers(0, 30, size=12)
+    queries = np.concatenate([rng.integers(0, 202, size=(12, 40, 2)),
+                              items[offsets[users]][:, None, None].repeat(2, 2)], axis=1)  # some sure hits
+    want = seen.contains(users[:, None, None], queries)
+    assert want.any() and np.array_equal(seen.contains_rows(users, queries), want)
+    monkeypatch.setattr(UserItemSet, "_MAX_FILTER_BYTES", 0)  # the plain binary-search path
+    assert np.array_equal(seen.contains_rows(users, queries), want)
+

@@ -139,7 +139,7 @@ def test_many_global_exclusions(catalogue, indexes, kind):
     np.testing.assert_array_equal(ids, reference(x, q, K, allowed=np.arange(4_000, len(x))))
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=15, deadline=None)
 @given(
     seed=st.integers(0, 2**31 - 1),
     k=st.integers(1, 40),

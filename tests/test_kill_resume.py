@@ -27,7 +27,7 @@ from seqrec.config import load_config
 from seqrec.train.checkpoint import load_checkpoint
 from seqrec.train.loop import train
 
-EPOCHS = 8
+EPOCHS = 6
 OVERRIDES = [
     "data.synthetic_users=300", "data.synthetic_items=60", "model.maxlen=20", "model.hidden_dim=16",
     "model.num_blocks=1", "model.dropout=0.1", "train.batch_size=32", "train.lr=0.003", "train.seed=13",

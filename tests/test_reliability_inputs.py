@@ -596,7 +596,7 @@ def _bad_checkpoints(trained: Path, tmp_path: Path) -> dict[str, tuple[Path, str
         cases[name] = (path, expected)
 
     add("garbage", "corrupt", data=random.Random(0).randbytes(4096))
-    add("empty", "corrupt or truncated checkpoint", data=b"")
+    add("empty", "empty file (0 bytes), not a checkpoint", data=b"")
     add("text", "corrupt", data=b"model weights go here\n")
     add("truncated", "corrupt or truncated checkpoint", data=good[: len(good) // 2])
     add("truncated_tail", "corrupt", data=good[:-100])

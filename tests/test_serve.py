@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import torch
 import uvicorn
 
 from seqrec.data.readers import read_interactions
@@ -213,11 +214,19 @@ def test_item_lookup_either_spelling():
 
 def test_cli_serve_binds_loopback_and_serves(run_dir, monkeypatch):
     """`seqrec serve` loads once and hands uvicorn an app bound to 127.0.0.1 by default."""
+    import faiss
+
     from seqrec.cli import main
 
     captured = {}
     monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: captured.update(app=app, **kwargs))
-    assert main(["serve", str(run_dir), "--port", "8123", "--max-k", "3", "--quiet"]) == 0
+    threads = torch.get_num_threads(), faiss.omp_get_max_threads()
+    try:
+        assert main(["serve", str(run_dir), "--port", "8123", "--max-k", "3", "--threads", "1", "--quiet"]) == 0
+        assert torch.get_num_threads() == 1
+    finally:  # serve() sets process-wide thread counts; later tests keep theirs
+        torch.set_num_threads(threads[0])
+        faiss.omp_set_num_threads(threads[1])
     assert captured["host"] == "127.0.0.1" and captured["port"] == 8123
     with running(captured["app"]) as base, httpx.Client(base_url=base) as c:
         assert len(c.post("/recommend", json={"history": ["i1", "i2"], "k": 3}).json()["items"]) == 3

@@ -144,6 +144,10 @@ class TrainConfig:
     precision: str = "fp32"  # fp32 | bf16: the encoder runs under bfloat16 autocast, losses stay float32
     compile: bool = False  # torch.compile the encoder for training (evaluation uses the plain module)
     num_workers: int = 0  # DataLoader processes building batches (0 = in the training process)
+    # Item table with sparse gradients + SparseAdam ("lazy" Adam: only the batch's rows move; no weight
+    # decay on it), AdamW for the rest. Much faster with millions of items (benchmarks/results/scale.md);
+    # needs loss.mode=pool and one process. See seqrec/train/sparse.py.
+    sparse_embeddings: bool = False
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.eval_every < 1:

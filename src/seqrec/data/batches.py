@@ -71,13 +71,15 @@ class UserItemSet:
     """Membership test "did user u interact with item i" over training prefixes, vectorised.
 
     Each user's prefix items are kept sorted in a CSR array of their own (int32 when the catalogue fits);
-    a batch query is a binary search bounded to the user's segment: ``bit_length(longest prefix)``
-    vectorised halving steps over a few cache lines per query, instead of a ``searchsorted`` over one
-    sorted key per event of the whole dataset (91M int64 keys at TencentGR scale: 0.7 GB and ~27
-    cache-missing steps per query).
+    a query is a binary search bounded to the user's segment: ``bit_length(longest prefix)`` vectorised
+    halving steps over a few cache lines, instead of a ``searchsorted`` over one sorted key per event of
+    the whole dataset (91M int64 keys at TencentGR scale: 0.7 GB and ~27 cache-missing steps per query).
+    ``contains_rows`` (a batch of rows, one user each) first rules out most queries with a small
+    per-batch bitmap, so only a few percent reach the binary search.
     """
 
     _CHUNK_EVENTS = 1 << 22  # events sorted per pass while building (bounds the temporary memory)
+    _MAX_FILTER_BYTES = 1 << 24  # largest per-batch bitmap of ``contains_rows``
 
     def __init__(self, offsets: np.ndarray, items: np.ndarray, lengths: np.ndarray, num_items: int):
         lengths = np.asarray(lengths, dtype=np.int64)
@@ -118,6 +120,35 @@ class UserItemSet:
             return np.zeros(items.shape, dtype=bool)
         return (lo < end) & (self.items[np.minimum(lo, top)] == items)
 
+    def contains_rows(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """``contains(users[:, None, ...], items)`` for a batch: row ``r`` of ``items`` is tested against user ``users[r]``.
+
+        A per-batch filter first: each row's items set bits ``item % P`` of a small per-row bitmap
+        (P >= 16 x the longest set, so at most ~6% of random queries hit a set bit); only those go
+        through the exact ``contains``. Falls back to ``contains`` alone when the bitmap would be large.
+        """
+        users = np.asarray(users)
+        rows = len(users)
+        lo = self.offsets[users]
+        n = self.offsets[users + 1] - lo
+        longest = int(n.max(initial=0))
+        if longest == 0 or np.size(items) == 0:
+            return np.zeros(np.shape(items), dtype=bool)
+        queries = np.asarray(items).reshape(rows, -1)
+        bits = 1 << max(int(16 * longest - 1).bit_length(), 6)
+        if rows * bits > self._MAX_FILTER_BYTES:
+            return self.contains(users.reshape((-1,) + (1,) * (np.ndim(items) - 1)), items)
+        total = int(n.sum())
+        row_base = np.arange(rows, dtype=np.int64) * bits
+        member = self.items[np.repeat(lo - (np.cumsum(n) - n), n) + np.arange(total, dtype=np.int64)]
+        bitmap = np.zeros(rows * bits, dtype=bool)  # row-major (rows, bits), indexed flat (2-D fancy indexing is slower)
+        bitmap[np.repeat(row_base, n) + (member & (bits - 1))] = True
+        maybe = np.flatnonzero(bitmap[row_base[:, None] + (queries & (bits - 1))])
+        out = np.zeros(queries.size, dtype=bool)
+        per_row = queries.shape[1]
+        out[maybe] = self.contains(users[maybe // per_row], queries.reshape(-1)[maybe])
+        return out.reshape(np.shape(items))
+
 
 def sample_negatives(
     rng: np.random.Generator, users: np.ndarray, shape: tuple[int, ...], num_items: int, seen: UserItemSet
@@ -133,8 +164,7 @@ def sample_negatives(
     neg = rng.integers(1, num_items + 1, size=shape, dtype=np.int64)
     per_row = int(np.prod(shape[1:], dtype=np.int64))
     flat = neg.reshape(-1)
-    users_b = users.reshape((-1,) + (1,) * (len(shape) - 1))
-    clash = np.flatnonzero(seen.contains(users_b, neg))
+    clash = np.flatnonzero(seen.contains_rows(users, neg))
     # Only redrawn entries can clash in the next round (the others were checked already), so each round
     # re-tests just those; the draws (count and order) are the ones a full re-test would make.
     for _ in range(_MAX_REJECTION_ROUNDS):
@@ -197,14 +227,16 @@ class BatchBuilder:
         width = max(int((lengths - 1).max(initial=1)), 1) if self.trim else self.maxlen
         width = min(width, self.maxlen)
         # One window of width + 1 gives both: inputs are its first `width` columns (the last items of
-        # s[:-1]) and positives its last `width` (the last items of s[1:]), real where the input is.
+        # s[:-1], padding included) and positives its last `width` (the last items of s[1:]) once the
+        # sequence's first item is blanked where it shows (it is nobody's positive).
         window = left_padded_windows(self.items, starts, starts + lengths, width + 1)
-        real = np.arange(width)[None, :] >= (width - np.clip(lengths - 1, 0, width))[:, None]
-        input_ids = np.where(real, window[:, :-1], PAD_ID)
-        pos_ids = np.where(real, window[:, 1:], PAD_ID)
+        input_ids = np.ascontiguousarray(window[:, :-1])
+        pos_ids = np.ascontiguousarray(window[:, 1:])
+        shown = np.flatnonzero((lengths >= 1) & (lengths <= width))
+        pos_ids[shown, width - lengths[shown]] = PAD_ID
         mask = pos_ids != PAD_ID
         neg = sample_negatives(rng, users, (len(users), width, self.k), self.num_items, self.seen)
-        neg[~mask] = PAD_ID
+        neg *= mask[..., None]  # no negatives where there is no positive
         return Batch(
             users=torch.from_numpy(users),
             input_ids=torch.from_numpy(input_ids),

@@ -67,7 +67,8 @@ def load_model(path: str | Path) -> LoadedModel:
     try:  # the feature towers' shapes come from the state dict itself (see model/features.py)
         model = model_from_state(state["num_items"], ModelConfig(**vars(config.model)), state["model"])
     except (RuntimeError, ValueError, TypeError, KeyError) as exc:  # missing, unexpected or mis-shaped weights
-        raise CheckpointError(f"{state['path']}: the model weights do not match the stored config ({exc})") from exc
+        reason = " ".join(str(exc).split())  # torch's message spans several lines
+        raise CheckpointError(f"{state['path']}: the model weights do not match the stored config ({reason})") from exc
     if model.item_tower is not None and model.item_tower.unloaded_vectors:
         reload_vectors(model, read_dataset(config.data)[1])  # wide vectors are not kept in checkpoints
     model.eval()

@@ -53,11 +53,15 @@ class ServeConfig:
     max_body_bytes: int = 1_000_000  # larger request bodies get 413
     batch_window_ms: float = 2.0  # how long the batcher waits for more requests after the first
     max_batch: int = 64  # most requests run through the encoder and index together
+    # torch and faiss threads for the batches (process-wide, set by serve()): 1 leaves the other core to
+    # the HTTP event loop, and small batches gain little from more; on a busy machine more threads can
+    # spin-wait for each other (OpenMP) and multiply latency.
+    threads: int = 1
 
     def __post_init__(self) -> None:
         if self.index not in KINDS:
             raise ValueError(f"index must be one of {', '.join(KINDS)}, got {self.index!r}")
-        for name in ("max_k", "max_history", "max_id_length", "max_body_bytes", "max_batch"):
+        for name in ("max_k", "max_history", "max_id_length", "max_body_bytes", "max_batch", "threads"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
@@ -366,9 +370,12 @@ def serve(
     progress: bool = False,
 ) -> None:
     """Loads the model and index of ``run`` once and serves them with uvicorn until interrupted."""
+    import faiss
     import uvicorn
 
     config = config or ServeConfig()
+    torch.set_num_threads(config.threads)
+    faiss.omp_set_num_threads(config.threads)
     recommender = load_recommender(run, config.index, progress=progress)
     app = create_app(recommender, config)
     log.info("serving %d items (%s index, %s) on http://%s:%d", recommender.num_items, config.index,

@@ -137,6 +137,8 @@ def load_checkpoint(path: Path | str) -> dict[str, Any]:
         path = found
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: empty file (0 bytes), not a checkpoint")
     _verify_archive(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)

@@ -53,6 +53,7 @@ from seqrec.train.checkpoint import (
 )
 from seqrec.train.objective import Objective
 from seqrec.train.schedule import learning_rate, seed_everything
+from seqrec.train.sparse import check_sparse_setup, clip_grad_norm, make_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -362,7 +363,10 @@ def _train(
     objective = Objective(config.loss, item_counts(split), precision=tc.precision, distributed=world > 1).to(device)
     similarity = similarity_for_loss(config.loss.name)
     params = list(model.parameters()) + list(objective.parameters())
-    optimizer = torch.optim.AdamW(params, lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
+    if tc.sparse_embeddings:
+        check_sparse_setup(config.loss.name, config.loss.mode, world)
+    optimizer = make_optimizer(model, objective.parameters(), lr=tc.lr, betas=tc.betas,
+                               weight_decay=tc.weight_decay, sparse_embeddings=tc.sparse_embeddings)
     steps_per_epoch = builder.num_batches(tc.batch_size)
     total_steps = steps_per_epoch * tc.epochs
 
@@ -451,7 +455,7 @@ def _train(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if tc.clip_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(params, tc.clip_grad_norm)
+                (clip_grad_norm if tc.sparse_embeddings else torch.nn.utils.clip_grad_norm_)(params, tc.clip_grad_norm)
             optimizer.step()
             sequences += min(tc.batch_size, len(builder.users) - epoch_step * tc.batch_size)  # global rows
             step += 1
@@ -503,7 +507,7 @@ def _train(
     if best_epoch < 0:
         raise RuntimeError("training ended without a validation; no best checkpoint")
     if world > 1:
-        dist.barrier()  # rank 0 has written best.pt
+        dist.barrier(device_ids=[device.index] if device.type == "cuda" else None)  # rank 0 has written best.pt
     best = load_checkpoint(run_dir / "checkpoints" / "best.pt")
     model.load_state_dict(best["model"])
     valid_best = _evaluate(model, split, "valid", similarity, config.eval, device, rank, world)

@@ -64,11 +64,20 @@ class MixedAdam:
 
 
 def item_tables(model: nn.Module) -> list[nn.Embedding]:
-    """The item embedding tables of a SASRec model (input table, and the output table when untied)."""
-    tables = [model.item_emb]
-    if getattr(model, "out_emb", None) is not None:
-        tables.append(model.out_emb)
+    """The id item tables of a SASRec model (input table, and the output table when untied)."""
+    tables = [t for t in (getattr(model, "item_emb", None), getattr(model, "out_emb", None)) if t is not None]
+    if not tables:
+        raise ValueError("train.sparse_embeddings needs the model's id item table (an item tower has none)")
     return tables
+
+
+def check_sparse_setup(loss_name: str, loss_mode: str, world_size: int) -> None:
+    """Raises ValueError when ``train.sparse_embeddings`` cannot be used with this loss or process count."""
+    if loss_name == "infonce" and loss_mode != "pool":
+        raise ValueError(f"train.sparse_embeddings needs loss.mode=pool, got {loss_mode!r}: a full-catalogue "
+                         "softmax uses every row of the item table (a dense gradient)")
+    if world_size > 1:
+        raise ValueError("train.sparse_embeddings runs in a single process (not under DDP)")
 
 
 def make_optimizer(
