@@ -65,8 +65,12 @@ def _runs(texts: list[str] | None, default: list[str]) -> list[tuple[str, list[s
     return out
 
 
+def _budget(args: argparse.Namespace) -> list[str]:
+    return [] if args.minutes is None else [f"train.max_minutes={args.minutes}"]
+
+
 def warm(args: argparse.Namespace) -> dict:
-    base = [f"data.path={args.data}", f"train.max_minutes={args.minutes}", *(args.set or [])]
+    base = [f"data.path={args.data}", *_budget(args), *(args.set or [])]
     runs = _runs(args.run, ["ids=data.features=none", f"features=data.features={args.features}"])
     inter, features = read_dataset(load_config(args.config, [*base, f"data.features={args.features}"]).data)
     rows = {}
@@ -146,8 +150,7 @@ def _cold_ranks(run: Path, inter: Interactions, features, warm_ids, cold, users,
 
 
 def cold(args: argparse.Namespace) -> dict:
-    base = [f"data.path={args.data}", f"data.features={args.features}", f"train.max_minutes={args.minutes}",
-            *(args.set or [])]
+    base = [f"data.path={args.data}", f"data.features={args.features}", *_budget(args), *(args.set or [])]
     inter, features = read_dataset(load_config(args.config, base).data)
     warm_ids, cold_ids, kept = _hold_out(inter, args.fraction, args.seed)
     train_features = features.take_items(np.r_[0, warm_ids])
@@ -178,7 +181,7 @@ def taac(args: argparse.Namespace) -> dict:
     out = Path(args.out)
     dirs = write_taac_synthetic(out / "data", num_users=args.users, num_items=args.items, seed=args.seed,
                                 mean_length=args.mean_length)
-    base = [f"data.path={dirs.train}", f"train.max_minutes={args.minutes}", "model.maxlen=50",
+    base = [f"data.path={dirs.train}", *_budget(args), "model.maxlen=50",
             "model.hidden_dim=64", "model.num_blocks=2", "model.num_heads=2", "model.user_features=token",
             "train.batch_size=256", "train.lr=0.001", "train.patience=3", *(args.set or [])]
     rows = {}
@@ -212,7 +215,8 @@ def main() -> None:
     p.add_argument("--mean-length", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
     for p in sub.choices.values():
-        p.add_argument("--minutes", type=float, required=True, help="training budget per run")
+        p.add_argument("--minutes", type=float, help="wall-clock training budget per run (default: none; "
+                       "on a shared machine prefer a fixed train.epochs, which gives every run the same work)")
         p.add_argument("--out", required=True)
         p.add_argument("--run", action="append", help="label=section.key=value,... (repeatable; replaces the defaults)")
         p.add_argument("--set", action="append", help="section.key=value for every run")

@@ -46,7 +46,18 @@ TEMPERATURE = 0.07
 ID_SETS = {"ml1m": 3416, "5m": 5_000_000}
 EMB_ROWS = 131_072  # embedding of id i is table[i % EMB_ROWS]: same id => same vector, small baseline RSS
 SIZES = [(128, 200, 64), (256, 200, 64)]
-NOTE_LIMIT_GB = 30.0  # the note's formulation is not run when its estimated peak is above this
+NOTE_LIMIT_GB = 30.0  # the note's formulation is never run when its estimated peak is above this...
+
+
+def memory_limit_gb() -> float:
+    """... nor above half the machine's RAM (it is shared): an OOM kill would hit other work too."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return min(NOTE_LIMIT_GB, int(line.split()[1]) / 2**20 / 2)
+    except OSError:
+        pass
+    return NOTE_LIMIT_GB
 
 
 # ----------------------------------------------------------------------------- inputs and methods
@@ -209,7 +220,7 @@ def run_all(args: argparse.Namespace) -> str:
                     base = next(
                         (r for r in rows if r["method"] == method and (r["ids"], r["size"]) == smaller), None
                     )
-                    limit = NOTE_LIMIT_GB if method == "note" else args.max_dense_gb
+                    limit = memory_limit_gb() if method == "note" else args.max_dense_gb
                     if base is not None and "peak_mb" in base and base["peak_mb"] * scale / 1024 > limit:
                         est = {"method": method, "ids": ids, "size": size, "estimate": True,
                                "median_s": base["median_s"] * scale, "peak_mb": base["peak_mb"] * scale}  # fmt: skip
@@ -250,7 +261,7 @@ def run_all(args: argparse.Namespace) -> str:
             tilde = "~" if note.get("estimate") else ""
             cpu = f"{note['cpu_s'] / r['cpu_s']:.1f}x" if "cpu_s" in note else "n/a"
             ratio = f"{tilde}{note['median_s'] / r['median_s']:.1f}x / {tilde}{cpu}"
-            mem = f"{tilde}{note['peak_mb'] / max(r['peak_mb'], 1e-9):.1f}x less"
+            mem = f"{tilde}{note['peak_mb'] / max(r['peak_mb'], 1.0):.1f}x less"
         lines.append(
             f"{head} {r['rows']} x {r['cols']} | {r['median_s']:.3f} | {r['cpu_s']:.3f} | {r['peak_mb']:.0f} "
             f"| {ratio} | {mem} | {r['load']:.1f} | {r['loss']:.6f} |"
@@ -267,7 +278,7 @@ def main() -> None:
                          "shared, oversubscribed machine, spinning OpenMP threads whose partner was "
                          "descheduled inflate the wall time of code with many parallel regions")  # fmt: skip
     ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
-    ap.add_argument("--max-dense-gb", type=float, default=12.0,
+    ap.add_argument("--max-dense-gb", type=float, default=6.0,
                     help="skip dense-masked at the larger size when its estimated peak is above this")  # fmt: skip
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per measurement subprocess")
     ap.add_argument("--sizes", nargs="+", default=[",".join(map(str, s)) for s in SIZES], metavar="B,L,D",
@@ -302,12 +313,15 @@ def main() -> None:
                "increase of `ru_maxrss` over the value after building the inputs, fresh process per row"),
             "- K = 1 negative per position, temperature 0.07, sequences left-padded with lengths uniform in "
             "1..L (about half the positions padding); ml1m: 3,416 items, positives Zipf(1), negatives "
-            "uniform; 5m: 5,000,000 items, uniform. `not run (est.)`: n^2 extrapolation from the smaller "
-            "size, not executed (over the memory limit); ratios marked ~ use that estimate.",
+            "uniform; 5m: 5,000,000 items, uniform. Scored matrix: rows x pool columns the method "
+            "computes (ours: valid rows x distinct ids). `not run (est.)`: seconds and MB extrapolated as "
+            f"n^2 from the first size, not executed: the note above {memory_limit_gb():.1f} GB "
+            f"(min of 30 GB and half this machine's RAM), dense-masked above {args.max_dense_gb:g} GB; "
+            "ratios marked ~ are against such an estimate.",
             "",
         ]  # fmt: skip
         args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text("\n".join(header) + table + "\n")
+        args.output.write_text("\n".join(header) + "\n" + table + "\n")
 
 
 if __name__ == "__main__":

@@ -261,6 +261,44 @@ def test_streamed_sum_gradcheck_with_masks_and_blocks(include_pos):
         assert value == pytest.approx(expected, rel=1e-12)
 
 
+def dense_ce_sum(q, pos, pool, bias, rows, cols, include_pos, scale):
+    """Reference for _softmax_ce_sum: the whole masked logits matrix at once."""
+    logits = q @ pool.T + (0 if bias is None else bias)
+    logits = logits.index_put((rows, cols), torch.tensor(float("-inf"), dtype=q.dtype))
+    if include_pos:
+        logits = torch.cat([pos[:, None], logits], dim=1)
+    return scale * (torch.logsumexp(logits, dim=1) - pos).sum()
+
+
+@pytest.mark.parametrize("kind", ["sparse", "dense", "huge", "learnable"])
+@pytest.mark.parametrize("col_factor", [1, 32])
+def test_streamed_sum_bias_paths(kind, col_factor):
+    # sparse: few non-zero biases (scaled column by column); dense: every column; huge: biases above 40
+    # (shifted by beta); learnable: the bias gets a gradient.
+    g = torch.Generator().manual_seed(1)
+    q = torch.randn(9, 4, dtype=torch.float64, generator=g, requires_grad=True)
+    pos = torch.randn(9, dtype=torch.float64, generator=g, requires_grad=True)
+    pool = torch.randn(40, 4, dtype=torch.float64, generator=g, requires_grad=True)
+    bias = torch.zeros(40, dtype=torch.float64)
+    if kind == "sparse":
+        bias[[3, 17, 33]] = torch.tensor([0.7, 1.1, 2.0], dtype=torch.float64)
+    elif kind == "huge":
+        bias = 45.0 + torch.rand(40, dtype=torch.float64, generator=g)
+        bias[5] = 3.0
+    else:
+        bias = torch.rand(40, dtype=torch.float64, generator=g)
+    bias.requires_grad_(kind == "learnable")
+    rows, cols = torch.tensor([0, 0, 4, 8]), torch.tensor([3, 39, 17, 0])
+    inputs = [q, pos, pool] + ([bias] if kind == "learnable" else [])
+    for include_pos in (True, False):
+        with column_blocks(col_factor):
+            ours = _softmax_ce_sum(
+                q, pos, pool, bias, rows, cols, include_pos=include_pos, scale=0.25, chunk_size=2
+            )
+        ref = dense_ce_sum(q, pos, pool, bias, rows, cols, include_pos, 0.25)
+        check_loss_and_grads(ours, ref, inputs)
+
+
 def test_row_with_every_pool_column_masked_keeps_only_its_positive():
     q = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
     pool = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)

@@ -5,8 +5,8 @@ model must equal an uninterrupted run with the same seed (atol 1e-6), metrics.js
 exactly once and no temporary file may be left behind.
 
 The kill moments: after a seeded number (1-6) of new `last.pt` saves of the running process, plus a
-seeded sub-step delay, so kills land inside steps, inside checkpoint writes, in validation and at epoch
-ends. Tiny data and `train.checkpoint_every_steps=1` keep it to well under two minutes on 2 cores.
+seeded fraction of the time between its last two saves, so kills land inside steps, inside checkpoint
+writes, in validation and at epoch ends, on slow and fast machines alike. Tiny data and `train.checkpoint_every_steps=1` keep it to well under two minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -58,14 +58,16 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _kill_after_saves(run: Path, resume: bool, saves: int, delay: float, log: Path) -> tuple[int, int]:
-    """Starts a training process, waits for ``saves`` new last.pt versions, sleeps ``delay``, SIGKILLs it.
+def _kill_after_saves(run: Path, resume: bool, saves: int, fraction: float, log: Path) -> tuple[int, int]:
+    """Starts a training process, waits for ``saves`` new last.pt versions, then ``fraction`` of the
+    interval between the last two, and SIGKILLs it.
 
     Returns:
         (return code, saves observed); the return code is -SIGKILL when the kill hit a running process.
     """
     last = run / "checkpoints" / "last.pt"
     seen, version = 0, _file_version(last)
+    changed_at, interval = time.monotonic(), 0.01
     with open(log, "ab") as out:
         proc = subprocess.Popen(_command(run, resume), stdout=out, stderr=out, env=_env(), cwd=run.parent)
         try:
@@ -73,9 +75,11 @@ def _kill_after_saves(run: Path, resume: bool, saves: int, delay: float, log: Pa
             while seen < saves and proc.poll() is None and time.monotonic() < deadline:
                 now = _file_version(last)
                 if now is not None and now != version:
-                    seen, version = seen + 1, now
+                    if seen:  # the first change comes after the start-up, not after a step
+                        interval = time.monotonic() - changed_at
+                    seen, version, changed_at = seen + 1, now, time.monotonic()
                 time.sleep(0.002)
-            time.sleep(delay)
+            time.sleep(fraction * interval)
             proc.send_signal(signal.SIGKILL)
             return proc.wait(timeout=60), seen
         finally:
@@ -91,8 +95,8 @@ def test_sigkill_at_random_moments_then_resume_equals_uninterrupted_run(tmp_path
 
     kills = []
     for i in range(KILLS):
-        saves, delay = rng.randint(1, 6), rng.uniform(0.0, 0.03)
-        code, seen = _kill_after_saves(run, resume=i > 0, saves=saves, delay=delay, log=log)
+        saves, fraction = rng.randint(1, 6), rng.random()
+        code, seen = _kill_after_saves(run, resume=i > 0, saves=saves, fraction=fraction, log=log)
         assert code == -signal.SIGKILL, f"kill {i + 1}: the process ended by itself ({code}); see {log}:\n{log.read_text()[-3000:]}"
         assert seen == saves, f"kill {i + 1}: saw {seen} of {saves} checkpoint saves before the deadline"
         # a kill at any moment leaves loadable checkpoints (the atomic rename is all or nothing)

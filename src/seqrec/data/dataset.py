@@ -19,7 +19,8 @@ class Interactions:
 
     Attributes:
         offsets: (U + 1,) int64; user ``u``'s events are ``items[offsets[u]:offsets[u + 1]]``, oldest first.
-        items: (N,) int64 internal item ids in 1..num_items.
+        items: (N,) int64 internal item ids in 1..num_items (int32, read-only and memory-mapped when
+            loaded from the compact on-disk form, ``seqrec.data.storage``).
         user_ids: (U,) raw user ids (object or numeric array); ``user_ids[u]`` is user ``u``'s raw id.
         item_ids: (num_items + 1,) raw item ids; ``item_ids[i]`` is internal item ``i``'s raw id,
             ``item_ids[0]`` is a placeholder for padding.

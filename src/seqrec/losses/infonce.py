@@ -22,6 +22,8 @@ How it is made fast without changing the value (see ``_SoftmaxCESum``):
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
@@ -134,8 +136,8 @@ def _tile_logits(
     """Masked logits of one tile, written into ``buffer``.
 
     Args:
-        q: (C, D') queries of the row tile (bias-augmented, see :class:`_SoftmaxCESum`).
-        pool: (U, D') pool vectors; columns ``c0:c1`` are used.
+        q: (C, D) queries of the row tile.
+        pool: (U, D) pool vectors; columns ``c0:c1`` are used.
         rows, cols: (M,) masked pairs of this row tile (rows relative to the tile, cols absolute).
         single_block: the block is the whole pool, so no column filtering is needed.
         buffer: flat scratch of at least C * (c1 - c0) elements, reused by every tile: a fresh tile-sized
@@ -153,24 +155,58 @@ def _tile_logits(
     return s
 
 
-def _accumulate(e, weight, q, pool, c0, c1, r0, r1, grad_q, grad_pool) -> None:
+def _accumulate(e, weight, q, pool, c0, c1, r0, r1, grad_q, grad_pool, grad_bias) -> None:
     """Add one tile's gradient contribution, d loss / d logits = ``weight[:, None] * e``.
 
     The row weights are applied to the (C, D) factors, not to the (C, U) tile: one pass over the tile
     fewer.
 
     Args:
-        e: (C, c1 - c0) tile of exp(logit - row shift).
+        e: (C, c1 - c0) tile of exp(logit - row shift), bias included.
         weight: (C,) per-row factors.
-        q: (C, D') queries of the tile; pool: (U, D') pool vectors (bias-augmented when D' = D + 1).
-        grad_q: (N, D) or None; grad_pool: (U, D') or None, accumulated in place.
+        q: (C, D) queries of the tile; pool: (U, D) pool vectors.
+        grad_q: (N, D), grad_pool: (U, D), grad_bias: (U,), each None or accumulated in place.
     """
     if grad_q is not None:
-        # grad_q has the original D columns: the bias column of the pool is skipped.
-        grad_q[r0:r1] += torch.mm(e, pool[c0:c1, : grad_q.shape[1]]) * weight[:, None]
+        grad_q[r0:r1] += torch.mm(e, pool[c0:c1]) * weight[:, None]
     if grad_pool is not None:
-        # With the ones column of q, the last column of this product is the bias gradient.
         grad_pool[c0:c1].addmm_(e.T, q * weight[:, None])
+    if grad_bias is not None:
+        grad_bias[c0:c1].addmv_(e.T, weight)
+
+
+class _BiasFactors:
+    """``exp(bias - beta)`` per pool column, applied to tiles of ``exp(logit - shift)``.
+
+    Multiplying after the exp keeps the GEMM at width D (a bias column made it ~10% slower) and costs a
+    pass over the non-zero-bias columns only (few when the pool has few duplicates). ``beta`` is 0 unless
+    a bias exceeds 40, far above realistic log-count / logQ values, so the factors never overflow.
+    """
+
+    def __init__(self, bias: torch.Tensor | None, blocks: list[tuple[int, int]]):
+        self.beta = 0.0
+        self.factor = None
+        self.columns = None  # per block: local columns to scale, or None for all
+        if bias is None or bias.numel() == 0:
+            return
+        self.beta = max(0.0, float(bias.max()) - 40.0)
+        self.factor = torch.exp(bias - self.beta)
+        if self.beta == 0.0:
+            nonzero = (bias != 0).nonzero(as_tuple=True)[0]
+            if nonzero.numel() <= bias.numel() // 4:
+                starts = torch.tensor([c0 for c0, _ in blocks] + [bias.numel()], device=bias.device)
+                edges = torch.searchsorted(nonzero, starts).tolist()
+                self.columns = [nonzero[edges[k] : edges[k + 1]] - c0 for k, (c0, _) in enumerate(blocks)]
+
+    def apply(self, tile: torch.Tensor, block: int, c0: int, c1: int) -> torch.Tensor:
+        if self.factor is None:
+            return tile
+        if self.columns is None:
+            return tile.mul_(self.factor[c0:c1])
+        cols = self.columns[block]
+        if cols.numel():
+            tile[:, cols] *= self.factor[c0 + cols]
+        return tile
 
 
 class _SoftmaxCESum(torch.autograd.Function):
@@ -192,68 +228,65 @@ class _SoftmaxCESum(torch.autograd.Function):
     def forward(
         ctx, queries, pos_logit, pool, bias, mask_rows, mask_cols, include_pos, scale, chunk_size, grad_mode
     ):
-        n, u, d = queries.shape[0], pool.shape[0], queries.shape[1]
-        if bias is not None:
-            # q' = [q, 1], v' = [v, bias]: the GEMM adds the bias (no extra pass over each tile) and the
-            # last column of grad_v' is the bias gradient.
-            queries = torch.cat([queries, queries.new_ones((n, 1))], dim=1)
-            pool = torch.cat([pool, bias[:, None]], dim=1)
+        n, u = queries.shape[0], pool.shape[0]
         col_block = chunk_size * _COL_BLOCK_FACTOR
         blocks = [(c0, min(u, c0 + col_block)) for c0 in range(0, u, col_block)]
         single = len(blocks) <= 1
         step = _tile_rows(min(u, col_block), chunk_size)
         starts = list(range(0, n, step))
         edges = _pair_edges(mask_rows, starts, n) if mask_rows.numel() else [0] * (len(starts) + 1)
+        factors = _BiasFactors(bias, blocks)
+        beta = factors.beta
         # Inside forward grad mode is always off and needs_input_grad ignores torch.no_grad(), so the
         # caller's grad mode comes in as an argument: no gradient work under no_grad / in evaluation.
         need_q, need_pos, need_pool, need_bias = (grad_mode and need for need in ctx.needs_input_grad[:4])
-        grad_q = queries.new_zeros((n, d)) if need_q else None
+        grad_q = torch.zeros_like(queries) if need_q else None
         grad_pos = torch.zeros_like(pos_logit) if need_pos else None
-        grad_pool = torch.zeros_like(pool) if need_pool or (bias is not None and need_bias) else None
-        want_grads = need_q or need_pos or grad_pool is not None
+        grad_pool = torch.zeros_like(pool) if need_pool else None
+        grad_bias = torch.zeros_like(bias) if bias is not None and need_bias else None
+        grads = (grad_q, grad_pool, grad_bias)
+        want_grads = need_q or need_pos or need_pool or grad_bias is not None
         buffer = queries.new_empty(step * min(u, col_block))
         total = queries.new_zeros(())
         for i, r0 in enumerate(starts):
             r1 = min(n, r0 + step)
             q, pos = queries[r0:r1], pos_logit[r0:r1]
             rows, cols = mask_rows[edges[i] : edges[i + 1]] - r0, mask_cols[edges[i] : edges[i + 1]]
-            # Running max/sum over [pos] + column blocks (a single block is one pass). run_sum is
-            # relative to shift = run_max, or to 0 while a row has nothing (run_max -inf): that avoids
-            # (-inf) - (-inf) = nan, and exp(run_max - shift) is then 0, never inf * 0.
+            # Running max of the unbiased logits (and pos); run_sum holds the biased terms relative to
+            # base + beta, base = run_max, or 0 while a row has nothing (run_max -inf): that avoids
+            # (-inf) - (-inf) = nan, and exp(run_max - base) is then 0, never inf * 0.
             run_max = pos if include_pos else torch.full_like(pos, float("-inf"))
-            run_sum = torch.ones_like(pos) if include_pos else torch.zeros_like(pos)
-            shift = pos if include_pos else torch.zeros_like(pos)
+            base = pos if include_pos else torch.zeros_like(pos)
+            run_sum = torch.full_like(pos, math.exp(-beta)) if include_pos else torch.zeros_like(pos)
             tile = None
-            for c0, c1 in blocks:
+            for k, (c0, c1) in enumerate(blocks):
                 tile = _tile_logits(q, pool, c0, c1, rows, cols, single, buffer)
                 new_max = torch.maximum(run_max, tile.amax(dim=1))
-                shift = torch.where(torch.isfinite(new_max), new_max, torch.zeros_like(new_max))
-                run_sum = run_sum * torch.exp(run_max - shift) + tile.sub_(shift[:, None]).exp_().sum(dim=1)
+                base = torch.where(torch.isfinite(new_max), new_max, torch.zeros_like(new_max))
+                tile = factors.apply(tile.sub_(base[:, None]).exp_(), k, c0, c1)
+                run_sum = run_sum * torch.exp(run_max - base) + tile.sum(dim=1)
                 run_max = new_max
-            lse = shift + run_sum.log()
+            lse = base + beta + run_sum.log()
             total = total + (lse - pos).sum()
             if not want_grads:
                 continue
             # d loss / d logit = scale * softmax; a row with nothing left (run_sum 0) gets 0, not nan.
             weight = torch.where(run_sum > 0, scale / run_sum, torch.zeros_like(run_sum))
             if grad_pos is not None:
-                grad_pos[r0:r1] = (torch.exp(pos - shift) * weight if include_pos else 0.0) - scale
+                grad_pos[r0:r1] = (torch.exp(pos - base - beta) * weight if include_pos else 0.0) - scale
             if single and tile is not None:
-                # The tile already holds exp(logit - shift): d loss / d logit = weight * tile.
-                _accumulate(tile, weight, q, pool, *blocks[0], r0, r1, grad_q, grad_pool)
+                # The tile already holds exp(logit + bias - base - beta): d loss / d logit = weight * tile.
+                _accumulate(tile, weight, q, pool, *blocks[0], r0, r1, *grads)
             elif not single:
-                lse_safe = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
+                shift = torch.where(torch.isfinite(lse), lse - beta, torch.zeros_like(lse))
                 uniform = torch.full_like(lse, scale)
-                for c0, c1 in blocks:
+                for k, (c0, c1) in enumerate(blocks):
                     tile = _tile_logits(q, pool, c0, c1, rows, cols, single, buffer)
-                    tile.sub_(lse_safe[:, None]).exp_()
-                    _accumulate(tile, uniform, q, pool, c0, c1, r0, r1, grad_q, grad_pool)
-        grads = [grad_q, grad_pos, None, None]
-        if grad_pool is not None:
-            grads[2] = grad_pool[:, :d] if need_pool else None
-            grads[3] = grad_pool[:, d] if bias is not None and need_bias else None
-        ctx.save_for_backward(*(g for g in grads if g is not None))
-        ctx.present = [g is not None for g in grads]
+                    tile = factors.apply(tile.sub_(shift[:, None]).exp_(), k, c0, c1)
+                    _accumulate(tile, uniform, q, pool, c0, c1, r0, r1, *grads)
+        out_grads = [grad_q, grad_pos, grad_pool, grad_bias]
+        ctx.save_for_backward(*(g for g in out_grads if g is not None))
+        ctx.present = [g is not None for g in out_grads]
         return total * scale
 
     @staticmethod

@@ -210,7 +210,7 @@ def _write_user_vectors(loaded: LoadedModel, inter: Interactions, path: Path, ba
                 starts, ends = inter.offsets[users], inter.offsets[users + 1]
                 width = int(max(lengths[users].max(initial=1), 1))
                 window = torch.from_numpy(left_padded_windows(inter.items, starts, ends, width))
-                array[users] = loaded.user_vectors(window)
+                array[users] = loaded.user_vectors(window, torch.from_numpy(users))  # rows for user features
                 bar.update(len(users))
         array.flush()
         del array
