@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import resource
@@ -50,6 +51,33 @@ def ensure_data(cache: Path, users: int, items: int, seed: int = 0) -> Path:
     return path
 
 
+_BUILDER: BatchBuilder | None = None  # set before forking the worker processes (shared copy-on-write)
+_ORDER = None
+
+
+def _build_steps(task: tuple[int, int, int]) -> float:
+    """Builds steps [first, first + count) of batch size ``bs`` in a worker; returns its CPU seconds."""
+    first, count, bs = task
+    c0 = time.process_time()
+    full = len(_BUILDER.users) // bs  # full batches only (the last one of an epoch may be short)
+    for step in range(first, first + count):
+        _BUILDER.batch(0, 0, step % full, bs, _ORDER)
+    return time.process_time() - c0
+
+
+def parallel_rate(builder: BatchBuilder, order, bs: int, steps: int, workers: int, first: int) -> float:
+    """Sequences per second (wall) with ``workers`` forked processes building disjoint steps, like DataLoader workers."""
+    global _BUILDER, _ORDER
+    _BUILDER, _ORDER = builder, order
+    per = -(-steps // workers)
+    tasks = [(first + w * per, per, bs) for w in range(workers)]
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        pool.map(_build_steps, [(t[0], 1, bs) for t in tasks])  # warm-up: workers started, pages touched
+        t0 = time.perf_counter()
+        pool.map(_build_steps, tasks)
+        return per * workers * bs / (time.perf_counter() - t0)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
@@ -60,6 +88,8 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1024, 256])
     parser.add_argument("--steps", type=int, default=40, help="batches timed per run")
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--workers", type=int, default=2,
+                        help="also time this many forked builder processes together (0 = skip)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     args = parser.parse_args()
 
@@ -73,13 +103,16 @@ def main() -> None:
     order = builder.epoch_order(seed=0, epoch=0)
     results = {}
     for bs in args.batch_sizes:
+        full = len(builder.users) // bs  # full batches only (the last one of an epoch may be short)
+        if full < 1:
+            raise SystemExit(f"fewer than {bs} users: no full batch")
         builder.batch(0, 0, 0, bs, order)  # warm-up
         rates, cpu_rates = [], []
         for run in range(args.runs):
             first = 1 + run * args.steps
             t0, c0 = time.perf_counter(), time.process_time()
             for step in range(first, first + args.steps):
-                builder.batch(0, 0, step, bs, order)
+                builder.batch(0, 0, step % full, bs, order)
             rates.append(args.steps * bs / (time.perf_counter() - t0))
             cpu_rates.append(args.steps * bs / max(time.process_time() - c0, 1e-9))
         results[bs] = {
@@ -87,6 +120,12 @@ def main() -> None:
             # sequences per CPU-second of this process: what one uncontended core would deliver
             "median_seq_per_cpu_s": statistics.median(cpu_rates),
         }
+        if args.workers > 0:
+            par = [parallel_rate(builder, order, bs, args.steps, args.workers, (run + args.runs) * args.steps)
+                   for run in range(args.runs)]
+            results[bs]["workers"] = args.workers
+            results[bs]["median_seq_s_workers"] = statistics.median(par)
+            results[bs]["runs_seq_s_workers"] = [round(r) for r in par]
     out = {
         "data": str(path), "users": inter.num_users, "items": inter.num_items, "events": int(len(inter.items)),
         "train_events": int(split.train_lengths.sum()), "maxlen": args.maxlen, "negatives": args.negatives,
@@ -102,6 +141,9 @@ def main() -> None:
     for bs, r in results.items():
         print(f"batch {bs:5d}: median {r['median_seq_s']:,.0f} seq/s wall ({r['median_seq_per_cpu_s']:,.0f} per CPU-second) "
               f"over {args.runs} runs of {args.steps} steps  {r['runs_seq_s']}")
+        if "workers" in r:
+            print(f"            {r['workers']} worker processes: median {r['median_seq_s_workers']:,.0f} seq/s wall  "
+                  f"{r['runs_seq_s_workers']}")
     print(f"peak RSS {out['peak_rss_gb']:.2f} GB")
 
 

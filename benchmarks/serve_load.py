@@ -3,14 +3,18 @@
 Starts `seqrec serve RUN --index hnsw` as a subprocess on a free 127.0.0.1 port (the 1M-item random
 checkpoint and HNSW index of catalogue_1m.py, cached under /tmp), then runs a closed-loop async load
 generator (httpx.AsyncClient, loopback only): each of C clients sends one request, waits for the answer
-and sends the next, for a bounded time and number of requests. Requests are random histories of 20-50
-raw item ids, k=10, exclude_seen=true, serialised before the clock starts.
+and sends the next, for a bounded time and number of requests. The C clients may be spread over
+several load-generator processes (``--procs``), since one httpx process costs several ms of CPU per
+request. Requests are random histories of 20-50 raw item ids, k=10, exclude_seen=true, serialised
+before the clock starts.
 
-Per level: requests/s, p50/p90/p99/max latency, errors, mean batch size (from /health), CPU seconds of
-server and client, and the 1-minute load average (other workers share the machine).
+Per level: requests/s, p50/p90/p99/max latency, errors, mean batch size (from /health), CPU ms per
+request of server and load generator, and the 1-minute load average (other workers share the machine).
+``--baseline`` first measures a hello-world FastAPI server (same uvicorn, no model) the same way: the
+ceiling the machine allows an HTTP endpoint at that moment.
 
 Usage:
-    python benchmarks/serve_load.py [--clients 1,8,64] [--seconds 20] [--max-requests 20000]
+    python benchmarks/serve_load.py [--clients 1,8,64] [--seconds 20] [--baseline] [--procs 1]
 
 Targets (2 CPU cores): >= 300 req/s at 64 clients with p99 <= 100 ms; p99 <= 15 ms for one client.
 """
@@ -26,13 +30,40 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 
 import httpx
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from catalogue_1m import DEFAULT_CACHE, ID_OFFSET, Catalogue, log, prepare, random_histories  # noqa: E402
+HERE = Path(__file__).resolve().parent
+SERVE_LOG = Path("/tmp/seqrec-bench/serve.log")
+
+# Calibration server: the same uvicorn/FastAPI stack answering a constant, with no model, no validation
+# and no batching. Its req/s and latency are the ceiling this machine allows an HTTP endpoint right now.
+BASELINE_APP = """
+import sys, uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+app = FastAPI()
+count = 0
+ANSWER = b'{"items":[1,2,3,4,5,6,7,8,9,10],"scores":[1,1,1,1,1,1,1,1,1,1],"unknown_items":[]}'
+@app.post("/recommend")
+async def recommend(request: Request):
+    global count
+    await request.body()
+    count += 1
+    return Response(ANSWER, media_type="application/json")
+@app.get("/health")
+async def health():
+    return {"requests": count, "batches": count}
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", access_log=False)
+"""
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 def free_port() -> int:
@@ -50,16 +81,22 @@ def loadavg() -> float:
     return float(Path("/proc/loadavg").read_text().split()[0])
 
 
-def start_server(run: Path, port: int, args: argparse.Namespace) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "seqrec", "serve", str(run), "--index", args.index, "--port", str(port), "--quiet",
-           "--batch-window-ms", str(args.batch_window_ms), "--max-batch", str(args.max_batch),
-           "--threads", str(args.server_threads)]
-    log("starting: " + " ".join(cmd[1:]))
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open("/tmp/seqrec-bench/serve.log", "w"))
+def server_command(run: Path, port: int, args: argparse.Namespace, baseline: bool) -> list[str]:
+    if baseline:
+        return [sys.executable, "-c", BASELINE_APP, str(port)]
+    return [sys.executable, "-m", "seqrec", "serve", str(run), "--index", args.index, "--port", str(port), "--quiet",
+            "--batch-window-ms", str(args.batch_window_ms), "--max-batch", str(args.max_batch),
+            "--threads", str(args.server_threads)]
+
+
+def start_server(cmd: list[str], port: int) -> subprocess.Popen:
+    log("starting: " + ("hello-world FastAPI app" if cmd[1] == "-c" else " ".join(cmd[1:])))
+    SERVE_LOG.parent.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(SERVE_LOG, "w"))
     deadline = time.monotonic() + 300
     while True:
         if proc.poll() is not None:
-            raise RuntimeError("server exited; see /tmp/seqrec-bench/serve.log")
+            raise RuntimeError(f"server exited; see {SERVE_LOG}")
         try:
             if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
                 return proc
@@ -71,55 +108,88 @@ def start_server(run: Path, port: int, args: argparse.Namespace) -> subprocess.P
         time.sleep(0.5)
 
 
-async def run_level(url: str, bodies: list[bytes], clients: int, seconds: float, max_requests: int,
-                    warmup: float, server_pid: int) -> dict:
+def client_process(url: str, bodies: list[bytes], clients: int, start: float, measure: float, stop: float,
+                   max_requests: int, offset: int) -> dict:
+    """One load-generator process: ``clients`` closed-loop connections from ``start`` until ``stop``
+    (wall-clock times); requests sent from ``measure`` on are recorded."""
+    return asyncio.run(_clients(url, bodies, clients, start, measure, stop, max_requests, offset))
+
+
+async def _clients(url: str, bodies: list[bytes], clients: int, start: float, measure: float, stop: float,
+                   max_requests: int, offset: int) -> dict:
     latencies: list[float] = []
     errors = 0
-    counter = 0
+    sent = offset
+    cpu = {}
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     headers = {"content-type": "application/json"}
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
-        async def worker(stop_at: float, record: bool) -> None:
-            nonlocal counter, errors
-            while time.perf_counter() < stop_at and (not record or counter < max_requests):
-                body = bodies[counter % len(bodies)]
-                counter += 1
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
+        async def worker() -> None:
+            nonlocal sent, errors
+            while True:
+                now = time.time()
+                if now >= stop or len(latencies) + errors >= max_requests:
+                    return
+                body = bodies[sent % len(bodies)]
+                sent += 1
                 started = time.perf_counter()
                 response = await client.post("/recommend", content=body, headers=headers)
                 elapsed = time.perf_counter() - started
-                if record:
+                if now >= measure:
                     if response.status_code == 200:
                         latencies.append(elapsed)
                     else:
                         errors += 1
 
-        await asyncio.gather(*(worker(time.perf_counter() + warmup, False) for _ in range(clients)))
-        before = (await client.get("/health")).json()
-        counter = 0
-        load0, server0, client0 = loadavg(), cpu_seconds(server_pid), time.process_time()
-        started = time.perf_counter()
-        await asyncio.gather(*(worker(started + seconds, True) for _ in range(clients)))
-        wall = time.perf_counter() - started
-        server_cpu, client_cpu = cpu_seconds(server_pid) - server0, time.process_time() - client0
-        load = (load0 + loadavg()) / 2
-        after = (await client.get("/health")).json()
-    lat = np.asarray(latencies) * 1000
+        async def cpu_marks() -> None:
+            await asyncio.sleep(max(0.0, measure - time.time()))
+            cpu["start"] = time.process_time()
+
+        await asyncio.sleep(max(0.0, start - time.time()))
+        marks = asyncio.create_task(cpu_marks())
+        await asyncio.gather(*(worker() for _ in range(clients)))
+        await marks
+        cpu["end"] = time.process_time()
+    return {"latencies": latencies, "errors": errors, "cpu": cpu["end"] - cpu["start"]}
+
+
+def run_level(pool: ProcessPoolExecutor, url: str, bodies: list[bytes], clients: int, procs: int,
+              args: argparse.Namespace, server_pid: int) -> dict:
+    procs = max(1, min(procs, clients))
+    start = time.time() + 1.0 + 0.5 * procs  # time for the workers to be ready
+    measure = start + args.warmup
+    stop = measure + args.seconds
+    shares = [clients // procs + (p < clients % procs) for p in range(procs)]
+    futures = [pool.submit(client_process, url, bodies, n, start, measure, stop,
+                           args.max_requests // procs, 7919 * p) for p, n in enumerate(shares)]
+    time.sleep(max(0.0, measure - time.time()))
+    before = httpx.get(f"{url}/health", timeout=60).json()
+    load0, server0 = loadavg(), cpu_seconds(server_pid)
+    time.sleep(max(0.0, stop - time.time()))
+    server_cpu = cpu_seconds(server_pid) - server0
+    parts = [f.result() for f in futures]
+    wall = max(time.time(), stop) - measure
+    after = httpx.get(f"{url}/health", timeout=60).json()
+    load = (load0 + loadavg()) / 2
+    lat = np.concatenate([np.asarray(p["latencies"]) for p in parts]) * 1000
+    errors = sum(p["errors"] for p in parts)
     batches = after["batches"] - before["batches"]
     return {
-        "clients": clients, "requests": len(latencies), "errors": errors, "seconds": wall,
-        "rps": len(latencies) / wall, "p50": float(np.percentile(lat, 50)), "p90": float(np.percentile(lat, 90)),
+        "clients": clients, "procs": procs, "requests": len(lat), "errors": errors, "seconds": wall,
+        "rps": len(lat) / wall, "p50": float(np.percentile(lat, 50)), "p90": float(np.percentile(lat, 90)),
         "p99": float(np.percentile(lat, 99)), "max": float(lat.max()), "mean": float(lat.mean()),
         "batch": (after["requests"] - before["requests"]) / max(batches, 1),
-        "server_cpu": server_cpu, "client_cpu": client_cpu, "load": load,
+        "server_cpu": server_cpu, "client_cpu": sum(p["cpu"] for p in parts), "load": load,
     }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    parser.add_argument("--cache", type=Path, help="cache of the 1M catalogue (default: catalogue_1m.py's)")
     parser.add_argument("--run", type=Path, help="serve this run instead of the 1M catalogue (random histories)")
     parser.add_argument("--index", default="hnsw", help="seqrec serve --index (default hnsw)")
     parser.add_argument("--clients", default="1,8,64")
+    parser.add_argument("--procs", type=int, default=1, help="load-generator processes (clients are split)")
     parser.add_argument("--seconds", type=float, default=20.0, help="measured seconds per level")
     parser.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds per level")
     parser.add_argument("--max-requests", type=int, default=20_000, help="cap on measured requests per level")
@@ -127,12 +197,17 @@ def main() -> int:
     parser.add_argument("--max-batch", type=int, default=64)
     parser.add_argument("--server-threads", type=int, default=1, help="seqrec serve --threads")
     parser.add_argument("--repeats", type=int, default=1, help="runs per level; the median run (by p99) is shown")
+    parser.add_argument("--baseline", action="store_true",
+                        help="first measure a hello-world FastAPI server the same way (calibration)")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     args = parser.parse_args()
 
+    sys.path.insert(0, str(HERE))
+    from catalogue_1m import DEFAULT_CACHE, ID_OFFSET, Catalogue, prepare, random_histories
+
     spec = Catalogue()
     if args.run is None:
-        run = prepare(args.cache, spec)
+        run = prepare(args.cache or DEFAULT_CACHE, spec)
         raw_ids = np.arange(ID_OFFSET, ID_OFFSET + spec.num_items + 1)
         catalogue = f"{spec.num_items:,} items x {spec.dim}, HNSW M={spec.hnsw_m} efSearch={spec.hnsw_ef_search}"
     else:
@@ -144,36 +219,47 @@ def main() -> int:
     histories = random_histories(2000, len(raw_ids) - 1, 20, 50, seed=1)
     bodies = [json.dumps({"history": raw_ids[h].tolist(), "k": 10, "exclude_seen": True}).encode()
               for h in histories]
-    port = free_port()
-    server = start_server(run, port, args)
-    url = f"http://127.0.0.1:{port}"
-    results = []
-    try:
-        for clients in [int(c) for c in args.clients.split(",")]:
-            runs = []
-            for _ in range(args.repeats):
-                result = asyncio.run(run_level(url, bodies, clients, args.seconds, args.max_requests, args.warmup,
-                                               server.pid))
-                log(f"{clients} clients: {result['rps']:.0f} req/s, p50 {result['p50']:.1f} ms, "
-                    f"p99 {result['p99']:.1f} ms, batch {result['batch']:.1f}, load {result['load']:.1f}")
-                runs.append(result)
-            results.append(sorted(runs, key=lambda r: r["p99"])[len(runs) // 2])
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
+    results: dict[str, list[dict]] = {}
+    labels = (["hello-world FastAPI (calibration)"] if args.baseline else []) + ["seqrec serve"]
+    with ProcessPoolExecutor(max_workers=max(1, args.procs), mp_context=get_context("spawn")) as pool:
+        for label in labels:
+            port = free_port()
+            server = start_server(server_command(run, port, args, baseline=label != "seqrec serve"), port)
+            url = f"http://127.0.0.1:{port}"
+            results[label] = []
+            try:
+                for clients in [int(c) for c in args.clients.split(",")]:
+                    runs = []
+                    for _ in range(args.repeats):
+                        result = run_level(pool, url, bodies, clients, args.procs, args, server.pid)
+                        log(f"{label}, {clients} clients: {result['rps']:.0f} req/s, p50 {result['p50']:.1f} ms, "
+                            f"p99 {result['p99']:.1f} ms, batch {result['batch']:.1f}, load {result['load']:.1f}")
+                        runs.append(result)
+                    results[label].append(sorted(runs, key=lambda r: r["p99"])[len(runs) // 2])
+            finally:
+                server.terminate()
+                server.wait(timeout=30)
+
+    import importlib.util
+
+    has = importlib.util.find_spec
+    stack = "httptools + uvloop" if has("httptools") and has("uvloop") else "h11 + asyncio"
     print(f"\n{time.strftime('%Y-%m-%d %H:%M')}, {platform.node()}, {os.cpu_count()} CPUs, "
-          f"catalogue {catalogue}, "
-          f"batch window {args.batch_window_ms} ms, max batch {args.max_batch}\n")
-    # CPU ms per request (server and load generator) does not depend on how busy the machine is.
-    print("| clients | requests | req/s | p50 ms | p90 ms | p99 ms | max ms | errors | mean batch "
-          "| server CPU ms/req | client CPU ms/req | load avg |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for r in results:
-        n = max(r["requests"] + r["errors"], 1)
-        print(f"| {r['clients']} | {r['requests']} | {r['rps']:.0f} | {r['p50']:.1f} | {r['p90']:.1f} | "
-              f"{r['p99']:.1f} | {r['max']:.1f} | {r['errors']} | {r['batch']:.1f} | "
-              f"{1000 * r['server_cpu'] / n:.2f} | {1000 * r['client_cpu'] / n:.2f} | {r['load']:.1f} |")
+          f"catalogue {catalogue}, uvicorn on {stack}, batch window {args.batch_window_ms} ms, "
+          f"max batch {args.max_batch}, server threads {args.server_threads}, "
+          f"{args.seconds:.0f} s per level after {args.warmup:.0f} s warm-up\n")
+    # CPU ms per request of server and load generator: less sensitive to other load than wall time
+    # (not immune: a crowded machine also costs cache misses and context switches).
+    print("| server | clients | client procs | requests | req/s | p50 ms | p90 ms | p99 ms | max ms | errors "
+          "| mean batch | server CPU ms/req | client CPU ms/req | load avg |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for label, rows in results.items():
+        for r in rows:
+            n = max(r["requests"] + r["errors"], 1)
+            print(f"| {label} | {r['clients']} | {r['procs']} | {r['requests']} | {r['rps']:.0f} | {r['p50']:.1f} | "
+                  f"{r['p90']:.1f} | {r['p99']:.1f} | {r['max']:.1f} | {r['errors']} | {r['batch']:.1f} | "
+                  f"{1000 * r['server_cpu'] / n:.2f} | {1000 * r['client_cpu'] / n:.2f} | {r['load']:.1f} |")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0

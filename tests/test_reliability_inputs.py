@@ -290,6 +290,21 @@ def test_parquet_timestamps_and_ids(tmp_path):
     assert "not a readable Parquet file" in data_error(path)
 
 
+def test_parquet_with_invalid_utf8_in_a_string_column(tmp_path):
+    # Found by the reader fuzzing: pyarrow reads such a file, then fails in to_numpy with a bare
+    # ArrowException ("Wrapping ... failed") unless the table is validated first.
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "log.parquet"
+    pq.write_table(pa.table({"user_id": [1, 2], "item_id": ["qqqq", "b"]}), path, compression="none",
+                   use_dictionary=False, write_statistics=False)
+    raw = path.read_bytes()
+    assert raw.count(b"qqqq") == 1
+    path.write_bytes(raw.replace(b"qqqq", b"q\xffqq"))
+    assert "not a readable Parquet file (Column 1: In chunk 0: Invalid: Invalid UTF8 sequence" in data_error(path)
+
+
 def test_sasrec_text_with_a_time_column_is_refused(tmp_path):
     path = write(tmp_path / "log.txt", SASREC)
     assert "SASRec text has no timestamp column; unset data.time_col" in data_error(path, time_col="ts")

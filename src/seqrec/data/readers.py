@@ -221,6 +221,9 @@ def read_parquet(path: Path, config: DataConfig) -> tuple[np.ndarray, np.ndarray
         raise DataError(f"{path}: reading Parquet needs pyarrow (pip install 'seqrec[parquet]')") from exc
     try:
         table = pq.read_table(path)
+        # read_table does not check string data; invalid UTF-8 would only fail later, in to_numpy,
+        # with a bare ArrowException (found by tests/test_reliability_hypothesis.py)
+        table.validate(full=True)
     except Exception as exc:  # pyarrow raises many types for corrupt files
         raise DataError(f"{path}: not a readable Parquet file ({exc})") from exc
     wanted = [config.user_col, config.item_col] + ([config.time_col] if config.time_col else [])

@@ -398,7 +398,10 @@ def _train(
     # Evaluation and checkpoints use the plain ``model``, which shares the parameters.
     step_module: nn.Module = _LossModule(torch.compile(model) if tc.compile else model, objective)
     if world > 1:
-        step_module = DistributedDataParallel(step_module, device_ids=[device.index] if device.type == "cuda" else None)
+        # The model's buffers are constant feature tables (model/features.py), identical on every rank:
+        # re-broadcasting them before each step would only cost bandwidth.
+        step_module = DistributedDataParallel(step_module, device_ids=[device.index] if device.type == "cuda" else None,
+                                              broadcast_buffers=False)
     pin = device.type == "cuda"
 
     def checkpoint_state() -> dict[str, Any]:
