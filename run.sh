@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Quick start: set up, train the design note's InfoNCE model (temperature 0.07), evaluate, recommend.
-# Without --data it uses the built-in synthetic dataset. Arguments pass through to `seqrec train`,
+# Without arguments it trains configs/demo.yaml on the built-in synthetic dataset. Arguments pass through to `seqrec train`,
 # e.g. ./run.sh --data ../shared/data/ml-1m/ml-1m.txt.xz --config configs/ml-1m.yaml
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -15,6 +15,9 @@ for ((i = 0; i < ${#args[@]}; i++)); do
   esac
 done
 
+if [ $# -eq 0 ]; then
+  set -- --config configs/demo.yaml   # no arguments: the quick-start demo on the built-in synthetic data
+fi
 seqrec train --out "$out" "$@"
 seqrec evaluate "$out" --quiet --json > "$out/evaluation.json"
 seqrec recommend "$out" --k 10 --out "$out/recommendations.csv" --quiet

@@ -130,4 +130,5 @@ def test_sigkill_at_random_moments_then_resume_equals_uninterrupted_run(tmp_path
     expected = json.loads((tmp_path / "uninterrupted" / "results.json").read_text())
     assert results["best_epoch"] == expected["best_epoch"]
     assert results["test"]["ndcg@10"] == pytest.approx(expected["test"]["ndcg@10"], abs=1e-6)
-    print(f"kill points (epoch, step in epoch, global step): {kills}")
+    worst = max(float((resumed["model"][k] - t).abs().max()) for k, t in reference["model"].items())
+    print(f"kill points (epoch, step in epoch, global step): {kills}; largest parameter difference {worst:.3g}")
