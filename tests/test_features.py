@@ -97,6 +97,23 @@ def test_unseen_item_with_features_gets_its_own_vector():
     torch.testing.assert_close(table[: NUM_ITEMS + 1], fresh.item_embeddings())
 
 
+def test_id_dropout_trains_the_unseen_item_case():
+    torch.manual_seed(0)
+    cfg = ModelConfig(maxlen=8, hidden_dim=D, num_blocks=1, dropout=0.0, item_id_dropout=0.5)
+    model = build_model(NUM_ITEMS, cfg, _features())
+    tower = model.item_tower
+    ids = torch.arange(1, NUM_ITEMS + 1)
+    with_id = tower.eval()(ids)
+    tower.id_rows = torch.zeros_like(tower.id_rows)  # every item as if unseen: no id embedding
+    without_id = tower(ids)
+    tower.id_rows = torch.arange(NUM_ITEMS + 1)
+    trained = tower.train()(torch.cat([ids, ids]))  # a repeated id gets one draw
+    torch.testing.assert_close(trained[:NUM_ITEMS], trained[NUM_ITEMS:])
+    dropped = torch.isclose(trained[:NUM_ITEMS], without_id).all(1)
+    kept = torch.isclose(trained[:NUM_ITEMS], with_id).all(1)
+    assert (dropped | kept).all() and dropped.any() and kept.any()
+
+
 def test_one_tower_for_inputs_positives_negatives_and_candidates(tmp_path):
     model, cfg = _model()
     table = model.item_embeddings()

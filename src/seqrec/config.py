@@ -68,6 +68,7 @@ class ModelConfig:
     # input side and as a candidate, from its features (and its id unless use_item_id is false).
     item_features: bool = True  # embed items with their side features when the data has any (False: ids only)
     use_item_id: bool = True  # include the learned id embedding in the item tower (False: features only)
+    item_id_dropout: float = 0.0  # training only: chance an item's id embedding is zeroed (per distinct id and call), so the tower also learns to embed items from features alone, as it must for items unseen in training
     user_features: str = "none"  # none | token: a user vector before the first item | add: added at every position
     tower_activation: str = "relu"  # relu (the TAAC baseline) | gelu | none, after the tower's fusing Linear
     vector_buffer_max_dim: int = 256  # item vectors up to this dim live in the checkpoint; wider ones are re-read from data.features at load
@@ -83,6 +84,8 @@ class ModelConfig:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
         _check_choice("model.user_features", self.user_features, ("none", "token", "add"))
         _check_choice("model.tower_activation", self.tower_activation, ("relu", "gelu", "none"))
+        if not 0.0 <= self.item_id_dropout < 1.0:
+            raise ConfigError(f"model.item_id_dropout must be in [0, 1), got {self.item_id_dropout}")
         if self.vector_buffer_max_dim < 0:
             raise ConfigError(f"model.vector_buffer_max_dim must be >= 0, got {self.vector_buffer_max_dim}")
 

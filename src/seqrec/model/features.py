@@ -145,12 +145,14 @@ class ItemTower(_Fused):
         schema: what ``item_schema`` returns; fixes every table and buffer shape.
         hidden_dim: D.
         activation: ``relu`` | ``gelu`` | ``none`` after the fusing Linear.
+        id_dropout: in training, the chance that an id's embedding is zeroed, as an unseen item's is.
     """
 
-    def __init__(self, schema: dict[str, Any], hidden_dim: int, activation: str = "relu"):
+    def __init__(self, schema: dict[str, Any], hidden_dim: int, activation: str = "relu", id_dropout: float = 0.0):
         extra = hidden_dim * (int(schema["use_item_id"]) + len(schema["vectors"])) + len(schema["continuous"])
         super().__init__(schema, hidden_dim, activation, extra)
         d = hidden_dim
+        self.id_dropout = id_dropout
         self.id_emb = nn.Embedding(schema["num_ids"] + 1, d, padding_idx=PAD_ID) if schema["use_item_id"] else None
         self.vec_proj = nn.ModuleDict({name: nn.Linear(dim, d) for name, dim, _ in schema["vectors"]})
         self.vec_absent = nn.ParameterDict({name: nn.Parameter(torch.randn(d) * d**-0.5) for name, _, _ in schema["vectors"]})
@@ -168,7 +170,8 @@ class ItemTower(_Fused):
 
     @classmethod
     def from_features(cls, features: FeatureSet, num_ids: int, config: ModelConfig) -> ItemTower:
-        tower = cls(item_schema(features, num_ids, config), config.hidden_dim, config.tower_activation)
+        tower = cls(item_schema(features, num_ids, config), config.hidden_dim, config.tower_activation,
+                    config.item_id_dropout)
         tower.set_catalogue(features)
         return tower
 
@@ -218,7 +221,13 @@ class ItemTower(_Fused):
             raise RuntimeError(f"vector features {sorted(self.unloaded_vectors)} are not loaded; call reload_vectors")
         parts = []
         if self.id_emb is not None:
-            parts.append(self.id_emb(self.id_rows[rows]))
+            id_part = self.id_emb(self.id_rows[rows])
+            if self.training and self.id_dropout > 0:
+                # One draw per distinct id (rows are distinct): repeats of an id in a call share a vector,
+                # as the InfoNCE pool's grouping by id requires. Zero is what an unseen item gets.
+                keep = torch.rand(len(rows), device=rows.device) >= self.id_dropout
+                id_part = id_part * keep.unsqueeze(-1).to(id_part.dtype)
+            parts.append(id_part)
         parts += self._sparse_parts(rows)
         if self.continuous.shape[1]:
             parts.append(self.continuous[rows])
@@ -328,7 +337,8 @@ def model_from_state(num_items: int, config: ModelConfig, state_dict: dict[str, 
 
     item_state = state_dict.get("item_tower._extra_state")
     user_state = state_dict.get("user_tower._extra_state")
-    item_tower = ItemTower(item_state, config.hidden_dim, config.tower_activation) if item_state else None
+    item_tower = (ItemTower(item_state, config.hidden_dim, config.tower_activation, config.item_id_dropout)
+                  if item_state else None)
     user_tower = UserFeatures(user_state, config.hidden_dim, config.tower_activation, 0) if user_state else None
     model = SASRec(num_items, config, item_tower=item_tower, user_tower=user_tower)
     model.load_state_dict(state_dict)
