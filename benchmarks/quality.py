@@ -60,7 +60,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="interaction log")
     parser.add_argument("--name", required=True, help="dataset label for the table")
-    parser.add_argument("--run", action="append", required=True, help="label=config.yaml[,section.key=value...]")
+    parser.add_argument("--run", action="append", default=[], help="label=config.yaml[,section.key=value...]")
+    parser.add_argument("--report", action="append", default=[],
+                        help="label of a finished run in --out to include in the table and plot (runs started "
+                             "as separate processes, e.g. in parallel, are reported together this way)")
     parser.add_argument("--max-minutes", type=float, default=30.0, help="training budget per run")
     parser.add_argument("--out", required=True, help="output directory (runs, table, plot)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
@@ -70,37 +73,51 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     if args.threads:
         torch.set_num_threads(args.threads)
-    inter = read_interactions(load_config(None, [f"data.path={args.data}"]).data)
-    rows, curves = [], {}
+    labels = []
+    if args.run:
+        inter = read_interactions(load_config(None, [f"data.path={args.data}"]).data)
     for text in args.run:
         label, config_path, overrides = parse_run(text)
         config = load_config(config_path, [f"data.path={args.data}", f"train.max_minutes={args.max_minutes}", *overrides])
         started = time.perf_counter()
-        result = train(config, out / label, overwrite=True, progress=False, interactions=inter,
-                       command=["benchmarks/quality.py", text])
+        train(config, out / label, overwrite=True, progress=False, interactions=inter,
+              command=["benchmarks/quality.py", text])
         wall = time.perf_counter() - started
-        records = [json.loads(x) for x in (out / label / "metrics.jsonl").read_text().splitlines()]
+        (out / label / "wall.json").write_text(json.dumps({"wall_seconds": wall, "threads": torch.get_num_threads()}))
+        labels.append(label)
+    labels += [x for x in args.report if x not in labels]
+    report(out, labels, args.name, args.max_minutes)
+
+
+def report(out: Path, labels: list[str], name: str, max_minutes: float) -> None:
+    """Writes ``table.md`` and the validation-curve plot from the finished run directories ``out/label``."""
+    rows, curves, pop = [], {}, None
+    for label in labels:
+        run = out / label
+        result = json.loads((run / "results.json").read_text())
+        wall = json.loads((run / "wall.json").read_text()) if (run / "wall.json").exists() else {}
+        records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
         curves[label] = [(r["train_seconds"], r["valid"]["ndcg@10"]) for r in records if "valid" in r]
         epoch_s = sorted(r["epoch_seconds"] for r in records)[len(records) // 2]
-        t = result.test
+        t = result["test"]
         rows.append(
             f"| {label} | {t['hr@10']:.4f} | {t['ndcg@10']:.4f} | {t['hr@20']:.4f} | {t['ndcg@20']:.4f} | "
-            f"{t['mrr']:.4f} | {result.best_valid['ndcg@10']:.4f} | {result.best_epoch} | {result.epochs_run} | "
-            f"{wall / 60:.1f} | {epoch_s:.1f} |"
+            f"{t['mrr']:.4f} | {result['valid']['ndcg@10']:.4f} | {result['best_epoch']} | {result['epochs_run']} | "
+            f"{wall.get('wall_seconds', float('nan')) / 60:.1f} | {wall.get('threads', '?')} | {epoch_s:.1f} |"
         )
-        pop = result.popularity_test
+        pop = result["popularity"]["test"]
     header = (
-        f"## {args.name}: test metrics at the epoch selected on validation NDCG@10\n\n"
-        f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}; "
-        f"budget {args.max_minutes:g} min of training per run; date {time.strftime('%Y-%m-%d')}.\n\n"
-        "| objective | HR@10 | NDCG@10 | HR@20 | NDCG@20 | MRR | valid NDCG@10 | best epoch | epochs run | wall min | epoch s |\n"
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n"
+        f"## {name}: test metrics at the epoch selected on validation NDCG@10\n\n"
+        f"Machine: {platform.machine()}, torch {torch.__version__}; budget {max_minutes:g} min of training per run; "
+        f"date {time.strftime('%Y-%m-%d')}.\n\n"
+        "| objective | HR@10 | NDCG@10 | HR@20 | NDCG@20 | MRR | valid NDCG@10 | best epoch | epochs run | wall min | threads | epoch s |\n"
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n"
     )
     pop_row = (f"| popularity | {pop['hr@10']:.4f} | {pop['ndcg@10']:.4f} | {pop['hr@20']:.4f} | "
-               f"{pop['ndcg@20']:.4f} | {pop['mrr']:.4f} | | | | | |\n")
+               f"{pop['ndcg@20']:.4f} | {pop['mrr']:.4f} | | | | | | |\n") if pop else ""
     table = header + "\n".join(rows) + "\n" + pop_row
     (out / "table.md").write_text(table)
-    plot(curves, out / "valid_ndcg_vs_time.png", f"{args.name}: validation NDCG@10 vs training time")
+    plot(curves, out / "valid_ndcg_vs_time.png", f"{name}: validation NDCG@10 vs training time")
     print(table)
 
 
