@@ -1,12 +1,21 @@
 """Load test of `seqrec serve` over a 1M-item catalogue: throughput and latency at 1, 8 and 64 clients.
 
 Starts `seqrec serve RUN --index hnsw` as a subprocess on a free 127.0.0.1 port (the 1M-item random
-checkpoint and HNSW index of catalogue_1m.py, cached under /tmp), then runs a closed-loop async load
-generator (httpx.AsyncClient, loopback only): each of C clients sends one request, waits for the answer
-and sends the next, for a bounded time and number of requests. The C clients may be spread over
-several load-generator processes (``--procs``), since one httpx process costs several ms of CPU per
-request. Requests are random histories of 20-50 raw item ids, k=10, exclude_seen=true, serialised
-before the clock starts.
+checkpoint and HNSW index of catalogue_1m.py, cached under /tmp), then runs a closed-loop load
+generator over loopback: each of C connections sends one request, waits for the answer and sends the
+next. Requests are random histories of 20-50 raw item ids, k=10, exclude_seen=true, serialised before
+the clock starts.
+
+Load generators (``--client``):
+
+* ``wrk`` (default when the ``wrk`` binary is on PATH): ``wrk -t1 -cC -dS`` with a generated Lua script
+  (``/tmp/seqrec-bench/serve_load.lua``) that pre-formats 300 POST /recommend requests and rotates
+  through them; its ``done()`` hook prints the request count, errors and latency percentiles. wrk costs
+  a few tens of microseconds of CPU per request, so nearly both cores are left to the server. wrk is a
+  system program, not a Python dependency: ``apt-get install wrk`` (Debian/Ubuntu) or build it from
+  https://github.com/wg/wrk. One unmeasured wrk run of ``--warmup`` seconds precedes each level.
+* ``httpx``: the pure-Python fallback (httpx.AsyncClient, clients split over ``--procs`` processes);
+  it costs several ms of CPU per request itself, which caps what it can measure on a small machine.
 
 Per level: requests/s, p50/p90/p99/max latency, errors, mean batch size (from /health), CPU ms per
 request of server and load generator, and the 1-minute load average (other workers share the machine).
@@ -14,7 +23,7 @@ request of server and load generator, and the 1-minute load average (other worke
 ceiling the machine allows an HTTP endpoint at that moment.
 
 Usage:
-    python benchmarks/serve_load.py [--clients 1,8,64] [--seconds 20] [--baseline] [--procs 1]
+    python benchmarks/serve_load.py [--clients 1,8,64] [--seconds 20] [--baseline] [--client wrk|httpx]
 
 Targets (2 CPU cores): >= 300 req/s at 64 clients with p99 <= 100 ms; p99 <= 15 ms for one client.
 """
@@ -26,6 +35,9 @@ import asyncio
 import json
 import os
 import platform
+import re
+import resource
+import shutil
 import socket
 import subprocess
 import sys
@@ -86,7 +98,7 @@ def server_command(run: Path, port: int, args: argparse.Namespace, baseline: boo
         return [sys.executable, "-c", BASELINE_APP, str(port)]
     return [sys.executable, "-m", "seqrec", "serve", str(run), "--index", args.index, "--port", str(port), "--quiet",
             "--batch-window-ms", str(args.batch_window_ms), "--max-batch", str(args.max_batch),
-            "--threads", str(args.server_threads)]
+            "--threads", str(args.server_threads), "--workers", str(args.server_workers)]
 
 
 def start_server(cmd: list[str], port: int) -> subprocess.Popen:
@@ -153,6 +165,82 @@ async def _clients(url: str, bodies: list[bytes], clients: int, start: float, me
     return {"latencies": latencies, "errors": errors, "cpu": cpu["end"] - cpu["start"]}
 
 
+LUA_TEMPLATE = """
+local reqs = {}
+local i = 0
+init = function(args)
+  for j, b in ipairs(bodies) do
+    reqs[j] = wrk.format("POST", "/recommend", {["Content-Type"] = "application/json"}, b)
+  end
+end
+request = function()
+  i = i % #reqs + 1
+  return reqs[i]
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    "SEQREC requests=%d duration_us=%d connect=%d read=%d write=%d status=%d timeout=%d "
+    .. "p50=%d p90=%d p99=%d max=%d mean=%f\\n",
+    summary.requests, summary.duration, e.connect, e.read, e.write, e.status, e.timeout,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max, latency.mean))
+end
+"""
+
+
+def wrk_script(bodies: list[bytes], path: Path, count: int = 300) -> Path:
+    """A wrk Lua script rotating through the first ``count`` bodies (JSON, as Lua long strings)."""
+    lines = ["bodies = {"]
+    for body in bodies[:count]:
+        text = body.decode()
+        if "]==]" in text:
+            raise ValueError("a request body contains the Lua long-string terminator ]==]")
+        lines.append(f"  [==[{text}]==],")
+    lines.append("}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + LUA_TEMPLATE)
+    return path
+
+
+def parse_wrk(output: str) -> dict:
+    """The numbers the script's ``done()`` printed: counts, and latencies in microseconds."""
+    match = re.search(r"^SEQREC (.*)$", output, re.MULTILINE)
+    if match is None:
+        raise RuntimeError(f"wrk printed no SEQREC line:\n{output}")
+    return {key: float(value) for key, value in (part.split("=") for part in match.group(1).split())}
+
+
+def wrk_command(url: str, script: Path, clients: int, seconds: float) -> list[str]:
+    return ["wrk", "-t1", f"-c{clients}", f"-d{max(1, round(seconds))}s", "--timeout", "30s", "--latency",
+            "-s", str(script), url]
+
+
+def run_level_wrk(url: str, script: Path, clients: int, args: argparse.Namespace, server_pid: int) -> dict:
+    """One level with wrk: a warm-up run, then the measured one (server and wrk CPU around it)."""
+    if args.warmup >= 0.5:
+        subprocess.run(wrk_command(url, script, clients, args.warmup), check=True, capture_output=True)
+    before = httpx.get(f"{url}/health", timeout=60).json()
+    load0, server0 = loadavg(), cpu_seconds(server_pid)
+    usage0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    done = subprocess.run(wrk_command(url, script, clients, args.seconds), check=True, capture_output=True,
+                          text=True)
+    usage1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    server_cpu = cpu_seconds(server_pid) - server0
+    after = httpx.get(f"{url}/health", timeout=60).json()
+    w = parse_wrk(done.stdout)
+    errors = int(w["connect"] + w["read"] + w["write"] + w["status"] + w["timeout"])
+    ok = int(w["requests"] - w["status"])  # non-2xx answers are counted in requests and in status
+    wall = w["duration_us"] / 1e6
+    batches = after["batches"] - before["batches"]
+    return {
+        "clients": clients, "procs": 1, "requests": ok, "errors": errors, "seconds": wall, "rps": ok / wall,
+        "p50": w["p50"] / 1000, "p90": w["p90"] / 1000, "p99": w["p99"] / 1000, "max": w["max"] / 1000,
+        "mean": w["mean"] / 1000, "batch": (after["requests"] - before["requests"]) / max(batches, 1),
+        "server_cpu": server_cpu, "load": (load0 + loadavg()) / 2,
+        "client_cpu": (usage1.ru_utime + usage1.ru_stime) - (usage0.ru_utime + usage0.ru_stime),
+    }
+
+
 def run_level(pool: ProcessPoolExecutor, url: str, bodies: list[bytes], clients: int, procs: int,
               args: argparse.Namespace, server_pid: int) -> dict:
     procs = max(1, min(procs, clients))
@@ -183,6 +271,13 @@ def run_level(pool: ProcessPoolExecutor, url: str, bodies: list[bytes], clients:
     }
 
 
+def client_desc(args: argparse.Namespace) -> str:
+    if args.client == "wrk":
+        version = subprocess.run(["wrk", "--version"], capture_output=True, text=True).stdout.split(" [")[0]
+        return f"{version.strip() or 'wrk'} (-t1, 1 process)"
+    return f"httpx {httpx.__version__} ({args.procs} process(es))"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cache", type=Path, help="cache of the 1M catalogue (default: catalogue_1m.py's)")
@@ -196,11 +291,20 @@ def main() -> int:
     parser.add_argument("--batch-window-ms", type=float, default=2.0)
     parser.add_argument("--max-batch", type=int, default=64)
     parser.add_argument("--server-threads", type=int, default=1, help="seqrec serve --threads")
+    parser.add_argument("--server-workers", type=int, default=2, help="seqrec serve --workers")
+    parser.add_argument("--client", choices=("wrk", "httpx"),
+                        help="load generator (default: wrk when installed, else httpx)")
     parser.add_argument("--repeats", type=int, default=1, help="runs per level; the median run (by p99) is shown")
     parser.add_argument("--baseline", action="store_true",
                         help="first measure a hello-world FastAPI server the same way (calibration)")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     args = parser.parse_args()
+    if args.client is None:
+        args.client = "wrk" if shutil.which("wrk") else "httpx"
+        if args.client == "httpx":
+            log("wrk not found (apt-get install wrk): falling back to the httpx load generator")
+    elif args.client == "wrk" and not shutil.which("wrk"):
+        parser.error("--client wrk: the wrk binary is not on PATH (apt-get install wrk)")
 
     sys.path.insert(0, str(HERE))
     from catalogue_1m import DEFAULT_CACHE, ID_OFFSET, Catalogue, prepare, random_histories
@@ -219,6 +323,7 @@ def main() -> int:
     histories = random_histories(2000, len(raw_ids) - 1, 20, 50, seed=1)
     bodies = [json.dumps({"history": raw_ids[h].tolist(), "k": 10, "exclude_seen": True}).encode()
               for h in histories]
+    script = wrk_script(bodies, SERVE_LOG.parent / "serve_load.lua") if args.client == "wrk" else None
 
     results: dict[str, list[dict]] = {}
     labels = (["hello-world FastAPI (calibration)"] if args.baseline else []) + ["seqrec serve"]
@@ -232,7 +337,10 @@ def main() -> int:
                 for clients in [int(c) for c in args.clients.split(",")]:
                     runs = []
                     for _ in range(args.repeats):
-                        result = run_level(pool, url, bodies, clients, args.procs, args, server.pid)
+                        if script is not None:
+                            result = run_level_wrk(url, script, clients, args, server.pid)
+                        else:
+                            result = run_level(pool, url, bodies, clients, args.procs, args, server.pid)
                         log(f"{label}, {clients} clients: {result['rps']:.0f} req/s, p50 {result['p50']:.1f} ms, "
                             f"p99 {result['p99']:.1f} ms, batch {result['batch']:.1f}, load {result['load']:.1f}")
                         runs.append(result)
@@ -247,7 +355,8 @@ def main() -> int:
     stack = "httptools + uvloop" if has("httptools") and has("uvloop") else "h11 + asyncio"
     print(f"\n{time.strftime('%Y-%m-%d %H:%M')}, {platform.node()}, {os.cpu_count()} CPUs, "
           f"catalogue {catalogue}, uvicorn on {stack}, batch window {args.batch_window_ms} ms, "
-          f"max batch {args.max_batch}, server threads {args.server_threads}, "
+          f"max batch {args.max_batch}, server threads {args.server_threads} x workers {args.server_workers}, "
+          f"load generator {client_desc(args)}, "
           f"{args.seconds:.0f} s per level after {args.warmup:.0f} s warm-up\n")
     # CPU ms per request of server and load generator: less sensitive to other load than wall time
     # (not immune: a crowded machine also costs cache misses and context switches).

@@ -167,7 +167,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from seqrec.retrieval.serve import ServeConfig, serve
 
     config = ServeConfig(index=args.index, max_k=args.max_k, max_history=args.max_history,
-                         batch_window_ms=args.batch_window_ms, max_batch=args.max_batch, threads=args.threads)
+                         batch_window_ms=args.batch_window_ms, max_batch=args.max_batch, threads=args.threads,
+                         workers=args.workers)
     serve(args.run, host=args.host, port=args.port, config=config, access_log=args.access_log, progress=not args.quiet)
     return 0
 
@@ -274,7 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-history", type=int, default=10_000, help="most history items per request (default 10000)")
     p.add_argument("--batch-window-ms", type=float, default=2.0, help="batching wait after a request (default 2)")
     p.add_argument("--max-batch", type=int, default=64, help="most requests per encoder/index batch (default 64)")
-    p.add_argument("--threads", type=int, default=1, help="torch/faiss threads for the batches (default 1)")
+    p.add_argument("--threads", type=int, default=1, help="torch/faiss threads per batch (default 1)")
+    p.add_argument("--workers", type=int, default=2,
+                   help="batches run at once, each in its own thread (default 2: both cores of a 2-core machine)")
     p.add_argument("--access-log", action="store_true", help="log every request")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_serve)

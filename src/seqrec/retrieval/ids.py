@@ -51,6 +51,20 @@ class ItemLookup:
             once, in order of first appearance.
         """
         if self._dict is None:
+            if values and all(type(v) is int for v in values):  # the common case: JSON ints (serving)
+                try:
+                    numbers = np.array(values, dtype=np.int64)
+                except OverflowError:  # some value outside int64: the general path reports it unknown
+                    pass
+                else:
+                    pos = np.minimum(np.searchsorted(self._sorted, numbers), max(len(self._sorted) - 1, 0))
+                    if len(self._sorted):
+                        known = self._sorted[pos] == numbers
+                        if known.all():
+                            return self._order[pos] + 1, []
+                        unknown = [v for v, ok in zip(values, known.tolist(), strict=True) if not ok]
+                        return self._order[pos[known]] + 1, _unique(unknown)
+                    return np.empty(0, dtype=np.int64), _unique(list(values))
             keys = [_as_int(v) for v in values]
             known = np.fromiter((k is not None for k in keys), dtype=bool, count=len(keys))
             numbers = np.fromiter((k if k is not None else 0 for k in keys), dtype=np.int64, count=len(keys))

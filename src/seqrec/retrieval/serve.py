@@ -6,9 +6,18 @@
 * ``GET /health``: status, catalogue size, index kind and batching counters.
 * ``GET /openapi.json`` and ``/docs``: the schema FastAPI derives from the request/response models.
 
-Dynamic batching: requests are put on an asyncio queue; a single worker task takes what is queued,
-waits a short window (``batch_window_ms``) for more, up to ``max_batch``, and runs the encoder and the
-index search for the whole batch in one worker thread, so the event loop keeps accepting requests.
+Dynamic batching: requests are put on an asyncio queue; a batcher task takes what is queued, up to
+``max_batch``, and runs the encoder and one index search for the whole batch in a worker thread, so
+the event loop keeps accepting requests. Up to ``workers`` batches run at once (torch and faiss
+release the GIL, so two single-threaded batches use two cores without OpenMP spin-waiting); while
+they are busy, new requests pile up into the next batch. When another batch is in flight the batcher
+also waits ``batch_window_ms`` for more requests; an idle server (one client) answers at once.
+
+Fast path: a valid ``POST /recommend`` (JSON body, validated in one ``model_validate_json`` call) is
+answered by a small ASGI handler in front of FastAPI's routing, dependency and middleware stack, which
+cost more CPU per request than the model itself at small batches. Anything else, including every
+request that fails validation, goes through FastAPI unchanged, so errors and their messages are the
+same on both paths.
 
 Errors are 4xx with ``{"detail": "<message>"}``: 400 empty or all-unknown history, 413 body over
 ``max_body_bytes``, 422 wrong types, values out of range, unknown fields or a body that is not JSON.
@@ -32,7 +41,7 @@ import torch
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StringConstraints, ValidationError
 
 from seqrec.retrieval.ids import ItemLookup
 from seqrec.retrieval.index import search
@@ -57,11 +66,15 @@ class ServeConfig:
     # the HTTP event loop, and small batches gain little from more; on a busy machine more threads can
     # spin-wait for each other (OpenMP) and multiply latency.
     threads: int = 1
+    # batches run at once, each in its own thread (with ``threads`` torch/faiss threads each): 2 uses both
+    # cores of a 2-core machine while the event loop interleaves with them.
+    workers: int = 2
 
     def __post_init__(self) -> None:
         if self.index not in KINDS:
             raise ValueError(f"index must be one of {', '.join(KINDS)}, got {self.index!r}")
-        for name in ("max_k", "max_history", "max_id_length", "max_body_bytes", "max_batch", "threads"):
+        for name in ("max_k", "max_history", "max_id_length", "max_body_bytes", "max_batch", "threads",
+                     "workers"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
@@ -107,10 +120,13 @@ class Recommender:
         k = max(job.k for job in jobs)  # one search; each job keeps its first k (same order)
         scores, rows = search(self.index, queries, k, exclude=exclude)
         out = []
+        raw_ids = self.loaded.item_ids
+        plain = raw_ids.dtype != object  # numpy ints/strs: tolist() gives plain Python values in one call
         for job, job_scores, job_rows in zip(jobs, scores, rows, strict=True):
             job_rows, job_scores = job_rows[: job.k], job_scores[: job.k]
             valid = job_rows >= 0
-            out.append((self.lookup.raw(job_rows[valid] + 1), [float(s) for s in job_scores[valid]]))
+            items = raw_ids[job_rows[valid] + 1].tolist() if plain else self.lookup.raw(job_rows[valid] + 1)
+            out.append((items, job_scores[valid].tolist()))
         return out
 
 
@@ -122,22 +138,35 @@ def load_recommender(run: str | Path, index_kind: str = "exact", *, progress: bo
 
 
 class Batcher:
-    """Collects concurrent jobs into batches and runs each batch in one worker thread."""
+    """Collects concurrent jobs into batches and runs up to ``workers`` batches at once in worker threads.
 
-    def __init__(self, recommender: Recommender, max_batch: int, window_s: float):
+    A batch is formed only when a worker is free, so requests arriving while all workers are busy join
+    the next batch. The ``window_s`` wait for more requests applies only while another batch is in
+    flight: a lone request on an idle server is not delayed.
+    """
+
+    def __init__(self, recommender: Recommender, max_batch: int, window_s: float, workers: int = 1,
+                 threads: int | None = None):
         self.recommender = recommender
+        self.threads = threads
         self.max_batch = max_batch
         self.window_s = window_s
+        self.workers = workers
         self.requests = 0
         self.batches = 0
         self.largest_batch = 0
+        self._in_flight = 0
         self._queue: asyncio.Queue | None = None
         self._task: asyncio.Task | None = None
         self._executor: ThreadPoolExecutor | None = None
+        self._free: asyncio.Semaphore | None = None
+        self._running: set[asyncio.Task] = set()
 
     def start(self) -> None:
         self._queue = asyncio.Queue()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="seqrec-batch")
+        self._free = asyncio.Semaphore(self.workers)
+        self._executor = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="seqrec-batch",
+                                            initializer=_set_threads, initargs=(self.threads,))
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
@@ -147,6 +176,10 @@ class Batcher:
                 await self._task
             except asyncio.CancelledError:
                 pass
+        for task in list(self._running):
+            task.cancel()
+        if self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)
         if self._executor is not None:
             self._executor.shutdown(wait=True)
 
@@ -165,30 +198,55 @@ class Batcher:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            batch = [await self._queue.get()]
-            self._drain(batch)
-            if len(batch) < self.max_batch and self.window_s > 0:
-                await asyncio.sleep(self.window_s)
+            await self._free.acquire()  # wait for a worker first: meanwhile requests pile up
+            try:
+                batch = [await self._queue.get()]
                 self._drain(batch)
+                if len(batch) < self.max_batch and self.window_s > 0 and self._in_flight:
+                    await asyncio.sleep(self.window_s)
+                    self._drain(batch)
+            except BaseException:
+                self._free.release()
+                raise
             batch = [(job, future) for job, future in batch if not future.done()]  # clients gone
             if not batch:
+                self._free.release()
                 continue
             self.batches += 1
             self.requests += len(batch)
             self.largest_batch = max(self.largest_batch, len(batch))
-            try:
-                results = await loop.run_in_executor(
-                    self._executor, self.recommender.recommend, [job for job, _ in batch]
-                )
-            except Exception as exc:  # noqa: BLE001 - every waiting request must be answered
-                log.exception("batch of %d requests failed", len(batch))
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            for (_, future), result in zip(batch, results, strict=True):
+            self._in_flight += 1
+            task = loop.create_task(self._run_batch(loop, batch))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _run_batch(self, loop: asyncio.AbstractEventLoop, batch: list) -> None:
+        try:
+            results = await loop.run_in_executor(self._executor, self.recommender.recommend,
+                                                 [job for job, _ in batch])
+        except Exception as exc:  # noqa: BLE001 - every waiting request must be answered
+            log.exception("batch of %d requests failed", len(batch))
+            for _, future in batch:
                 if not future.done():
-                    future.set_result(result)
+                    future.set_exception(exc)
+            return
+        finally:
+            self._in_flight -= 1
+            self._free.release()
+        for (_, future), result in zip(batch, results, strict=True):
+            if not future.done():
+                future.set_result(result)
+
+
+def _set_threads(threads: int | None) -> None:
+    """torch/faiss threads of the calling worker thread. OpenMP's thread count is per thread: a count
+    set in the main thread does not reach threads Python starts later (faiss would use every core)."""
+    if threads is None:
+        return
+    import faiss
+
+    torch.set_num_threads(threads)
+    faiss.omp_set_num_threads(threads)
 
 
 class BodyLimitMiddleware:
@@ -297,10 +355,36 @@ class Health(BaseModel):
     largest_batch: int
 
 
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+class _App(FastAPI):
+    """FastAPI with a fast path in front: ``fast(scope, receive, send)`` answers a request completely
+    and returns True, or returns the ASGI receive callable to hand the request on to FastAPI with."""
+
+    fast: Any = None
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if self.fast is not None and scope["type"] == "http" and scope["path"] == "/recommend" \
+                and scope["method"] == "POST":
+            receive = await self.fast(scope, receive, send)
+            if receive is True:
+                return
+        await super().__call__(scope, receive, send)
+
+
+def _is_json(headers: list) -> bool:
+    for name, value in headers:
+        if name == b"content-type":
+            return value.split(b";", 1)[0].strip().lower() == b"application/json"
+    return False
+
+
 def create_app(recommender: Recommender, config: ServeConfig | None = None) -> FastAPI:
     """The FastAPI app serving ``recommender`` with the limits of ``config``."""
     config = config or ServeConfig(index=recommender.index_kind)
-    batcher = Batcher(recommender, config.max_batch, config.batch_window_ms / 1000.0)
+    batcher = Batcher(recommender, config.max_batch, config.batch_window_ms / 1000.0, config.workers,
+                      config.threads)
 
     RawId = StrictInt | Annotated[str, StringConstraints(strict=True, min_length=1, max_length=config.max_id_length)]
 
@@ -321,7 +405,7 @@ def create_app(recommender: Recommender, config: ServeConfig | None = None) -> F
         finally:
             await batcher.stop()
 
-    app = FastAPI(title="seqrec", description="Next-item recommendations from a SASRec model.", lifespan=lifespan)
+    app = _App(title="seqrec", description="Next-item recommendations from a SASRec model.", lifespan=lifespan)
     app.state.batcher = batcher
     app.state.recommender = recommender
     app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_bytes)
@@ -349,6 +433,55 @@ def create_app(recommender: Recommender, config: ServeConfig | None = None) -> F
         items, scores = await batcher.submit(Job(ids, body.k, body.exclude_seen))
         payload = {"items": items, "scores": scores, "unknown_items": unknown}
         return Response(json.dumps(payload, separators=(",", ":")), media_type="application/json")
+
+    async def fast_recommend(scope: dict, receive: Any, send: Any) -> Any:
+        """The valid-request path of ``recommend`` without FastAPI's stack; the same answers."""
+        messages: list[dict] = []
+        ok = _is_json(scope["headers"])
+        size = 0
+        while ok:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                ok = False
+                break
+            size += len(message.get("body", b""))
+            if size > config.max_body_bytes:
+                ok = False  # FastAPI's path (BodyLimitMiddleware) answers 413
+            elif not message.get("more_body", False):
+                break
+        if ok:
+            body = messages[0]["body"] if len(messages) == 1 else b"".join(m.get("body", b"") for m in messages)
+            try:
+                request = RecommendRequest.model_validate_json(body)
+            except ValidationError:
+                request = None
+            if request is not None and request.history:
+                ids, unknown = recommender.lookup.lookup(request.history)
+                if len(ids):
+                    try:
+                        items, scores = await batcher.submit(Job(ids, request.k, request.exclude_seen))
+                    except Exception as exc:  # noqa: BLE001 - as the app's handler: a bare 500
+                        log.error("unexpected error on /recommend: %s", type(exc).__name__)
+                        await _send_json(send, 500, {"detail": "internal server error"})
+                        return True
+                    payload = {"items": items, "scores": scores, "unknown_items": unknown}
+                    out = json.dumps(payload, separators=(",", ":")).encode()
+                    await send({"type": "http.response.start", "status": 200,
+                                "headers": [*_JSON_HEADERS, (b"content-length", str(len(out)).encode())]})
+                    await send({"type": "http.response.body", "body": out})
+                    return True
+        # Not a valid request: FastAPI answers it, reading the same messages again.
+        replay = iter(messages)
+
+        async def replayed() -> dict:
+            for message in replay:
+                return message
+            return await receive()
+
+        return replayed
+
+    app.fast = fast_recommend
 
     @app.get("/health", response_model=Health)
     async def health() -> Health:
@@ -380,4 +513,17 @@ def serve(
     app = create_app(recommender, config)
     log.info("serving %d items (%s index, %s) on http://%s:%d", recommender.num_items, config.index,
              recommender.loaded.similarity, host, port)
-    uvicorn.run(app, host=host, port=port, access_log=access_log, log_level="info")
+    uvicorn.run(app, host=host, port=port, access_log=access_log, log_level="info", **fast_stack())
+
+
+def fast_stack() -> dict[str, str]:
+    """uvicorn's uvloop event loop and httptools parser where installed (the ``serve`` extra), which
+    cost less CPU per request than asyncio and h11; empty (uvicorn's defaults) otherwise."""
+    import importlib.util
+
+    stack = {}
+    if importlib.util.find_spec("uvloop") is not None:
+        stack["loop"] = "uvloop"
+    if importlib.util.find_spec("httptools") is not None:
+        stack["http"] = "httptools"
+    return stack
