@@ -150,7 +150,7 @@ dims = st.fixed_dictionaries(
 @given(
     d=dims,
     learn_tau=st.booleans(),
-    tau=st.sampled_from([0.07, 0.3, 1.0]),
+    tau=st.sampled_from([0.07, 0.3, 1.0, 0.001]),  # 0.001: too cold for the fixed shift, running max
     extra=st.booleans(),
     use_history=st.booleans(),
     chunk=st.integers(1, 6),
@@ -297,6 +297,96 @@ def test_streamed_sum_bias_paths(kind, col_factor):
             )
         ref = dense_ce_sum(q, pos, pool, bias, rows, cols, include_pos, 0.25)
         check_loss_and_grads(ours, ref, inputs)
+
+
+def unit_inputs(n, u, d, tau, dtype, seed=3):
+    """Unit-norm queries / pool scaled by 1/tau (what the callers pass with a logit bound)."""
+    g = torch.Generator().manual_seed(seed)
+    q = (F.normalize(torch.randn(n, d, dtype=torch.float64, generator=g), dim=1) / tau).to(dtype)
+    pool = F.normalize(torch.randn(u, d, dtype=torch.float64, generator=g), dim=1).to(dtype)
+    pos = (q * F.normalize(torch.randn(n, d, dtype=torch.float64, generator=g), dim=1).to(dtype)).sum(1)
+    return [t.detach().requires_grad_() for t in (q, pos, pool)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("kind", ["none", "logcount", "logq", "learnable"])
+@pytest.mark.parametrize("col_factor", [1, 32])
+@pytest.mark.parametrize("include_pos", [True, False])
+def test_fixed_shift_path_matches_running_max_and_reference(dtype, kind, col_factor, include_pos):
+    n, u, tau = 23, 37, 0.05
+    q, pos, pool = unit_inputs(n, u, 8, tau, dtype)
+    g = torch.Generator().manual_seed(4)
+    bias = None
+    if kind == "logcount":
+        bias = torch.randint(1, 50, (u,), generator=g).double().log().to(dtype)
+    elif kind in ("logq", "learnable"):
+        bias = (
+            torch.randint(1, 50, (u,), generator=g).double().log()
+            + 12 * torch.rand(u, generator=g, dtype=torch.float64)
+        ).to(dtype)
+    if kind == "learnable":
+        bias.requires_grad_()
+    rows = torch.tensor([0, 0, 3, 3, 3, 9, 22, 22])
+    cols = torch.tensor([1, 36, 0, 5, 5, 20, 2, 3])  # a duplicate pair too
+    inputs = [q, pos, pool] + ([bias] if kind == "learnable" else [])
+    kw = dict(include_pos=include_pos, scale=0.3, chunk_size=4)
+    assert infonce_module._fixed_shift(1.001 / tau, bias, u, dtype, 0.3) is not None
+    with column_blocks(col_factor), mock.patch.object(
+        infonce_module, "_fixed_shift_sweep", wraps=infonce_module._fixed_shift_sweep
+    ) as sweep:
+        fixed = _softmax_ce_sum(q, pos, pool, bias, rows, cols, logit_bound=1.001 / tau, **kw)
+        assert sweep.call_count == 1
+        general = _softmax_ce_sum(q, pos, pool, bias, rows, cols, **kw)
+        assert sweep.call_count == 1
+    wide = [t.double() if t is not None else None for t in (q, pos, pool, bias)]
+    ref = dense_ce_sum(*wide, rows, cols, include_pos, 0.3)
+    rtol = RTOL if dtype == torch.float64 else 1e-4
+    for ours in (fixed, general):
+        assert torch.allclose(ours.double(), ref, rtol=rtol)
+    g_fixed = torch.autograd.grad(fixed, inputs)
+    g_general = torch.autograd.grad(general, inputs)
+    g_ref = torch.autograd.grad(ref, inputs)
+    for a, b, r in zip(g_fixed, g_general, g_ref, strict=True):
+        atol = 1e-10 if dtype == torch.float64 else 1e-6
+        assert torch.allclose(a.double(), r.double(), rtol=rtol, atol=atol)
+        assert torch.allclose(a, b, rtol=rtol, atol=atol)
+
+
+def test_fixed_shift_falls_back_when_not_provably_safe():
+    f32, bias = torch.float32, torch.tensor([0.0, 3.0, -2.0])
+    assert infonce_module._fixed_shift(1 / 0.07, bias, 3, f32, 1.0) == pytest.approx(0.5)
+    assert infonce_module._fixed_shift(1 / 0.07, None, 3, f32, 1.0) == 0.0
+    assert infonce_module._fixed_shift(None, bias, 3, f32, 1.0) is None  # no guarantee
+    assert infonce_module._fixed_shift(1 / 0.01, bias, 3, f32, 1.0) is None  # |logit| 100: exp overflows
+    assert infonce_module._fixed_shift(1 / 0.01, bias, 3, torch.float64, 1.0) is not None
+    assert infonce_module._fixed_shift(1 / 0.02, bias + 30, 3, f32, 1.0) is None  # range 2 * 50 + 35
+    assert infonce_module._fixed_shift(1 / 0.07, bias, 3, torch.float16, 1.0) is None
+    assert infonce_module._fixed_shift(float("nan"), bias, 3, f32, 1.0) is None
+    assert infonce_module._fixed_shift(1 / 0.07, torch.tensor([0.0, float("inf")]), 2, f32, 1.0) is None
+    assert infonce_module._fixed_shift(1 / 0.07, None, 3, f32, 1e30) is None  # absurd scale
+    # A learnable temperature that went cold: infonce_loss takes the running-max path, still exact.
+    seq, pos, neg, mask, pos_ids, neg_ids, *_ = make_batch(2, 4, 5, 3, 2, 9, p_valid=1.0)
+    seq, pos, neg = (t.float().detach().requires_grad_() for t in (seq, pos, neg))
+    for tau, fixed_calls in ((0.07, 1), (0.01, 0)):
+        temperature = torch.tensor(tau, requires_grad=True)
+        with mock.patch.object(
+            infonce_module, "_fixed_shift_sweep", wraps=infonce_module._fixed_shift_sweep
+        ) as sweep:
+            ours = infonce_loss(seq, pos, neg, mask, pos_ids, neg_ids, temperature)
+        assert sweep.call_count == fixed_calls
+        wide = [t.double() for t in (seq, pos, neg)]
+        ref = reference_infonce(*wide, mask, pos_ids, neg_ids, temperature.double())
+        assert ours.item() == pytest.approx(ref.item(), rel=1e-4)
+
+
+def test_full_softmax_uses_the_fixed_shift():
+    seq, _, _, mask, pos_ids, *_ = make_batch(2, 4, 5, 3, 2, 9, p_valid=1.0)
+    table = torch.randn(10, seq.shape[-1], dtype=seq.dtype)
+    with mock.patch.object(
+        infonce_module, "_fixed_shift_sweep", wraps=infonce_module._fixed_shift_sweep
+    ) as sweep:
+        full_softmax_loss(seq, table, mask, pos_ids, 0.07)
+    assert sweep.call_count == 1
 
 
 def test_row_with_every_pool_column_masked_keeps_only_its_positive():

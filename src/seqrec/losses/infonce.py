@@ -51,6 +51,14 @@ _NORM_EPS = 1e-12
 # rows per tile rather than a 400 MB tile; smaller tiles measured no faster (GEMMs get thin).
 _COL_BLOCK_FACTOR = 32
 _TILE_ELEMS = 1 << 24
+# Rows per tile are further capped so that a tile of a narrow pool stays about cache-sized (2**20
+# elements, 4 MiB in float32, ~300 rows x 3,400 columns), but never below _MIN_TILE_ROWS rows: the three
+# GEMMs per tile ran ~20% faster on CPU than with 4096-row tiles that spill to memory.
+_CACHE_TILE_ELEMS = 1 << 22
+_MIN_TILE_ROWS = 256
+# Fixed-shift path (see _fixed_shift): every exponent it evaluates stays within +-limit, far inside the
+# normal range of the dtype (float32 overflows above 88.7 and turns subnormal below -87.3).
+_EXP_LIMIT = {torch.float32: 60.0, torch.float64: 600.0}
 
 
 def choose_infonce_mode(mode: str, num_items: int, pool_entries: int) -> str:
@@ -113,8 +121,46 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _tile_rows(width: int, chunk_size: int) -> int:
-    """Rows per tile: ``chunk_size``, fewer when the tile would pass ``_TILE_ELEMS`` elements."""
-    return max(1, min(chunk_size, _TILE_ELEMS // max(width, 1)))
+    """Rows per tile: ``chunk_size``, fewer when the tile would pass ``_TILE_ELEMS`` elements or, above
+    ``_MIN_TILE_ROWS`` rows, ``_CACHE_TILE_ELEMS`` elements."""
+    width = max(width, 1)
+    cap = min(_TILE_ELEMS // width, max(_MIN_TILE_ROWS, _CACHE_TILE_ELEMS // width))
+    return max(1, min(chunk_size, cap))
+
+
+def _fixed_shift(
+    logit_bound: float | None, bias: torch.Tensor | None, width: int, dtype: torch.dtype, scale: float
+) -> float | None:
+    """A constant log-sum-exp shift that is safe for every row, or None when none is provably safe.
+
+    With every logit (pool and positive) in ``[-logit_bound, logit_bound]``, every exponent lies in
+    ``[lo, hi] = [-bound + min(bias, 0), bound + max(bias, 0)]``. Shifting all of them by the midpoint
+    ``c`` keeps every term ``exp(x - c)`` within ``exp(+-limit)`` (normal, so at full relative precision:
+    the value is the one the running-max path gives, only rounded differently) and the row sums, their
+    reciprocals and the gradient factors finite, so the running-max pass is not needed. The raw
+    ``exp(q . v)`` of the kernel also stays within ``exp(+-limit)``; the bias and the shift are applied
+    as ``exp(bias - c)`` per column.
+
+    Returns:
+        ``c``; None when the bound is unknown or too wide for the dtype (e.g. temperature -> 0), a bias is
+        not finite, or the pool / the scale is absurdly large.
+    """
+    limit = _EXP_LIMIT.get(dtype)
+    if logit_bound is None or limit is None:
+        return None
+    bound = float(logit_bound)
+    if not 0.0 <= bound <= limit:  # also rejects nan
+        return None
+    b_min = b_max = 0.0
+    if bias is not None and bias.numel():
+        b_min, b_max = (float(x) for x in torch.aminmax(bias.detach()))
+        b_min, b_max = min(b_min, 0.0), max(b_max, 0.0)
+    lo, hi = b_min - bound, b_max + bound
+    if not (math.isfinite(lo) and math.isfinite(hi)) or hi - lo > 2 * limit:
+        return None
+    if math.log(width + 2) > limit / 3 or not abs(scale) < math.exp(limit / 3):
+        return None
+    return (hi + lo) / 2
 
 
 def _pair_edges(mask_rows: torch.Tensor, starts: list[int], n: int) -> list[int]:
@@ -147,12 +193,19 @@ def _tile_logits(
         (C, c1 - c0) view of ``buffer``: the logits, masked entries ``-inf``.
     """
     s = torch.mm(q, pool[c0:c1].T, out=buffer[: q.shape[0] * (c1 - c0)].view(q.shape[0], c1 - c0))
-    if rows.numel():
-        if not single_block:
-            inside = (cols >= c0) & (cols < c1)
-            rows, cols = rows[inside], cols[inside]
-        s[rows, cols - c0] = float("-inf")
+    _mask_tile(s, rows, cols, c0, c1, single_block, float("-inf"))
     return s
+
+
+def _mask_tile(s, rows, cols, c0, c1, single_block, value) -> None:
+    """Set the masked pairs of a contiguous (C, c1 - c0) tile to ``value`` (one flat ``index_fill_``,
+    cheaper than a 2-d ``index_put_``)."""
+    if not rows.numel():
+        return
+    if not single_block:
+        inside = (cols >= c0) & (cols < c1)
+        rows, cols = rows[inside], cols[inside]
+    s.view(-1).index_fill_(0, rows * (c1 - c0) + (cols - c0), value)
 
 
 def _accumulate(e, weight, q, pool, c0, c1, r0, r1, grad_q, grad_pool, grad_bias) -> None:
@@ -226,7 +279,18 @@ class _SoftmaxCESum(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx, queries, pos_logit, pool, bias, mask_rows, mask_cols, include_pos, scale, chunk_size, grad_mode
+        ctx,
+        queries,
+        pos_logit,
+        pool,
+        bias,
+        mask_rows,
+        mask_cols,
+        include_pos,
+        scale,
+        chunk_size,
+        grad_mode,
+        logit_bound,
     ):
         n, u = queries.shape[0], pool.shape[0]
         col_block = chunk_size * _COL_BLOCK_FACTOR
@@ -235,8 +299,6 @@ class _SoftmaxCESum(torch.autograd.Function):
         step = _tile_rows(min(u, col_block), chunk_size)
         starts = list(range(0, n, step))
         edges = _pair_edges(mask_rows, starts, n) if mask_rows.numel() else [0] * (len(starts) + 1)
-        factors = _BiasFactors(bias, blocks)
-        beta = factors.beta
         # Inside forward grad mode is always off and needs_input_grad ignores torch.no_grad(), so the
         # caller's grad mode comes in as an argument: no gradient work under no_grad / in evaluation.
         need_q, need_pos, need_pool, need_bias = (grad_mode and need for need in ctx.needs_input_grad[:4])
@@ -247,6 +309,15 @@ class _SoftmaxCESum(torch.autograd.Function):
         grads = (grad_q, grad_pool, grad_bias)
         want_grads = need_q or need_pos or need_pool or grad_bias is not None
         buffer = queries.new_empty(step * min(u, col_block))
+        shift = _fixed_shift(logit_bound, bias, u, queries.dtype, scale)
+        if shift is not None:
+            total = _fixed_shift_sweep(
+                queries, pos_logit, pool, bias, mask_rows, mask_cols, include_pos, scale, shift,
+                blocks, starts, step, edges, buffer, grad_pos, grads, want_grads,
+            )  # fmt: skip
+            return _SoftmaxCESum._finish(ctx, total * scale, grad_q, grad_pos, grad_pool, grad_bias)
+        factors = _BiasFactors(bias, blocks)
+        beta = factors.beta
         total = queries.new_zeros(())
         for i, r0 in enumerate(starts):
             r1 = min(n, r0 + step)
@@ -284,17 +355,97 @@ class _SoftmaxCESum(torch.autograd.Function):
                     tile = _tile_logits(q, pool, c0, c1, rows, cols, single, buffer)
                     tile = factors.apply(tile.sub_(shift[:, None]).exp_(), k, c0, c1)
                     _accumulate(tile, uniform, q, pool, c0, c1, r0, r1, *grads)
-        out_grads = [grad_q, grad_pos, grad_pool, grad_bias]
+        return _SoftmaxCESum._finish(ctx, total * scale, grad_q, grad_pos, grad_pool, grad_bias)
+
+    @staticmethod
+    def _finish(ctx, out, *out_grads):
         ctx.save_for_backward(*(g for g in out_grads if g is not None))
         ctx.present = [g is not None for g in out_grads]
-        return total * scale
+        return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
         saved = iter(ctx.saved_tensors)
         grads = [next(saved) * grad_out if present else None for present in ctx.present]
-        return (*grads, None, None, None, None, None, None)
+        return (*grads, None, None, None, None, None, None, None)
+
+
+def _fixed_shift_sweep(
+    queries, pos_logit, pool, bias, mask_rows, mask_cols, include_pos, scale, shift,
+    blocks, starts, step, edges, buffer, grad_pos, grads, want_grads,
+) -> torch.Tensor:  # fmt: skip
+    """:class:`_SoftmaxCESum` with the constant shift ``c`` of :func:`_fixed_shift`: no running max.
+
+    A tile is ``exp(q . v)`` (masked pairs 0); the column factors ``f = exp(bias - c)`` are folded into
+    the (U, D) side instead of a pass over the tile: row sums ``exp(Q V^T) f``, d loss / d q
+    ``(exp(Q V^T) (f * V)) * weight``, d loss / d v ``f * exp(Q V^T)^T (weight * Q)``, d loss / d bias
+    ``f * exp(Q V^T)^T weight``. Per tile: the logits GEMM, one exp, one index_fill, the two gradient
+    GEMMs and a matrix-vector product. Returns the unscaled sum of ``lse - pos``; fills the gradients.
+    """
+    n = queries.shape[0]
+    grad_q, grad_pool, grad_bias = grads
+    single = len(blocks) <= 1
+    if bias is not None and bias.numel():
+        factor = torch.exp(bias - shift)
+        pool_f = pool * factor[:, None]
+    else:
+        factor = None  # the shift is 0: no bias and a symmetric bound
+        pool_f = pool
+
+    def exp_tile(q, rows, cols, c0, c1):
+        e = torch.mm(q, pool[c0:c1].T, out=buffer[: q.shape[0] * (c1 - c0)].view(q.shape[0], c1 - c0)).exp_()
+        _mask_tile(e, rows, cols, c0, c1, single, 0.0)
+        return e
+
+    def row_sum(e, c0, c1):
+        return e.sum(dim=1) if factor is None else torch.mv(e, factor[c0:c1])
+
+    def accumulate(e, q, weight, c0, c1, r0, r1):
+        if grad_q is not None:
+            if single:
+                torch.mm(e, pool_f, out=grad_q[r0:r1])
+            else:
+                grad_q[r0:r1].addmm_(e, pool_f[c0:c1])
+        if grad_pool is not None:
+            grad_pool[c0:c1].addmm_(e.T, q * weight[:, None])
+        if grad_bias is not None:
+            grad_bias[c0:c1].addmv_(e.T, weight)
+
+    total = queries.new_zeros(())
+    for i, r0 in enumerate(starts):
+        r1 = min(n, r0 + step)
+        q, pos = queries[r0:r1], pos_logit[r0:r1]
+        rows, cols = mask_rows[edges[i] : edges[i + 1]] - r0, mask_cols[edges[i] : edges[i + 1]]
+        pos_term = torch.exp(pos - shift) if include_pos else None
+        run_sum = pos_term.clone() if include_pos else torch.zeros_like(pos)
+        e = None
+        for c0, c1 in blocks:
+            e = exp_tile(q, rows, cols, c0, c1)
+            run_sum += row_sum(e, c0, c1)
+        # With the positive in the sum, loss_r = log(run_sum / pos_term), taken as a difference of logs
+        # (the ratio can overflow): exactly 0 for a row left with only its positive, as with a max shift.
+        loss = run_sum.log() - (pos_term.log() if include_pos else pos - shift)
+        total = total + loss.sum()
+        if not want_grads:
+            continue
+        # d loss / d logit = scale * softmax; a row with nothing left (run_sum 0) gets 0, not nan.
+        weight = torch.where(run_sum > 0, scale / run_sum, torch.zeros_like(run_sum))
+        if grad_pos is not None:
+            grad_pos[r0:r1] = (pos_term * weight if include_pos else 0.0) - scale
+        if single and e is not None:
+            accumulate(e, q, weight, *blocks[0], r0, r1)
+        elif not single:
+            for c0, c1 in blocks:
+                accumulate(exp_tile(q, rows, cols, c0, c1), q, weight, c0, c1, r0, r1)
+        if grad_q is not None:
+            grad_q[r0:r1] *= weight[:, None]
+    if factor is not None:
+        if grad_pool is not None:
+            grad_pool *= factor[:, None]
+        if grad_bias is not None:
+            grad_bias *= factor
+    return total
 
 
 def _softmax_ce_sum(
@@ -308,6 +459,7 @@ def _softmax_ce_sum(
     include_pos: bool,
     scale: float,
     chunk_size: int,
+    logit_bound: float | None = None,
 ) -> torch.Tensor:
     """Streamed, masked ``scale * sum_r (logsumexp_r - pos_r)``, see :class:`_SoftmaxCESum`.
 
@@ -320,6 +472,11 @@ def _softmax_ce_sum(
         include_pos: the positive is an extra logit (in-batch pool) rather than a pool column (catalogue).
         scale: factor of the sum (1 / number of rows for a mean).
         chunk_size: at most this many rows per tile; a tile spans at most ``32 * chunk_size`` columns.
+        logit_bound: a guarantee from the caller that every ``|q_r . v_u|`` and ``|pos_r|`` is at most
+            this (``1 / temperature`` for unit-norm queries and pool vectors, with a little margin for
+            rounding). When it and the bias range allow (see :func:`_fixed_shift`) the log-sum-exp uses a
+            constant shift instead of a running max: the same values, fewer passes per tile. None: no
+            guarantee, the running-max path.
 
     Returns:
         0-dim tensor.
@@ -328,8 +485,15 @@ def _softmax_ce_sum(
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     return _SoftmaxCESum.apply(
         queries, pos_logit, pool, bias, mask_rows, mask_cols, include_pos, float(scale), chunk_size,
-        torch.is_grad_enabled(),
+        torch.is_grad_enabled(), logit_bound,
     )  # fmt: skip
+
+
+def _cosine_logit_bound(temperature: float | torch.Tensor) -> float:
+    """``|logit|`` bound for unit-norm (or zero) vectors scored with ``1 / temperature``, with a margin
+    (1e-3 relative) far above the rounding of the normalisation and the dot products."""
+    t = abs(float(temperature.detach() if isinstance(temperature, torch.Tensor) else temperature))
+    return math.inf if t == 0 else (1.0 + 1e-3) / t
 
 
 def _mask_pairs(
@@ -516,12 +680,15 @@ def infonce_loss(
         banned = torch.cat([banned, history_ids.to(y.device)[batch_idx]], dim=1)
     rows, cols = _mask_pairs(keys, banned, (0, 1) if extra_pos_negatives else (0,))
     scale = world_size() / n_global if use_dist else 1.0 / n_global
+    # q, the pool and the positives are unit vectors scaled by 1/temperature: the constant-shift path.
+    bound = _cosine_logit_bound(temperature)
     if weights is not None:
         return weighted_ce_sum(_softmax_ce_sum, weights[batch_idx, pos_idx], q, pos_logit, pool, bias, rows, cols,
-                               include_pos=True, chunk_size=chunk_size, distributed=use_dist)
+                               include_pos=True, chunk_size=chunk_size, distributed=use_dist, logit_bound=bound)
     return _softmax_ce_sum(
-        q, pos_logit, pool, bias, rows, cols, include_pos=True, scale=scale, chunk_size=chunk_size
-    )
+        q, pos_logit, pool, bias, rows, cols, include_pos=True, scale=scale, chunk_size=chunk_size,
+        logit_bound=bound,
+    )  # fmt: skip
 
 
 def full_softmax_loss(
@@ -570,9 +737,11 @@ def full_softmax_loss(
         hist = torch.where(hist == y[:, None], torch.zeros_like(hist), hist)
         rows, j = (hist > 0).nonzero(as_tuple=True)
         cols = hist[rows, j] - 1
+    bound = _cosine_logit_bound(temperature)
     if weights is not None:
         return weighted_ce_sum(_softmax_ce_sum, weights[batch_idx, pos_idx], q, pos_logit, items, None, rows, cols,
-                               include_pos=False, chunk_size=chunk_size)
+                               include_pos=False, chunk_size=chunk_size, logit_bound=bound)
     return _softmax_ce_sum(
-        q, pos_logit, items, None, rows, cols, include_pos=False, scale=1.0 / n, chunk_size=chunk_size
-    )
+        q, pos_logit, items, None, rows, cols, include_pos=False, scale=1.0 / n, chunk_size=chunk_size,
+        logit_bound=bound,
+    )  # fmt: skip
