@@ -119,20 +119,34 @@ def _read_user_list(users: list[str] | None, users_file: str | None) -> list | N
 
 def cmd_recommend(args: argparse.Namespace) -> int:
     from seqrec.data.readers import read_interactions
-    from seqrec.retrieval.ids import ItemLookup, read_candidates
-    from seqrec.retrieval.recommend import load_model, recommend_batches, user_rows, write_recommendations
+    from seqrec.retrieval.ids import read_candidate_values
+    from seqrec.retrieval.recommend import (
+        load_model,
+        recommend_batches,
+        resolve_candidates,
+        user_rows,
+        write_recommendations,
+    )
     from seqrec.retrieval.run_index import run_index
 
     if args.k < 1:  # before loading anything, so the mistake is reported at once
         raise ValueError(f"--k must be >= 1, got {args.k}")
     loaded = load_model(args.run)
-    candidates = read_candidates(args.candidates, ItemLookup(loaded.item_ids)) if args.candidates else None
-    inter = read_interactions(_data_config(loaded.state["config"]["data"], args.data))
+    data = _data_config(loaded.state["config"]["data"], args.data)
+    candidates = None
+    if args.candidates:  # unknown ones are embedded from their features where the model and the data allow
+        candidates = resolve_candidates(loaded, read_candidate_values(args.candidates), data, where=args.candidates)
+    inter = read_interactions(data)
     rows = user_rows(inter, _read_user_list(args.users, args.users_file))
-    index, _ = run_index(loaded, args.run, args.index, progress=not args.quiet)
+    index = None
+    if candidates is None or not candidates.new_ids:  # new candidates are searched exactly over the candidate set
+        index, _ = run_index(loaded, args.run, args.index, progress=not args.quiet)
     batches = recommend_batches(loaded, inter, rows, args.k, exclude_seen=not args.include_seen, progress=not args.quiet,
                                 index=index, candidates=candidates)
-    count = write_recommendations(args.out, batches, inter.user_ids, inter.item_ids)
+    item_ids = inter.item_ids if candidates is None else candidates.item_ids(inter.item_ids)
+    count = write_recommendations(args.out, batches, inter.user_ids, item_ids)
+    if candidates is not None:
+        print(candidates.summary())
     print(f"wrote top-{args.k} recommendations for {count} users to {args.out}")
     return 0
 
@@ -242,7 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--include-seen", action="store_true", help="allow items the user already interacted with")
     p.add_argument("--index", choices=("exact", "hnsw", "ivf"), default="exact",
                    help="index kind: the run's saved index when built for this model, else one built in memory")
-    p.add_argument("--candidates", help="file with one raw item id per line; only these items are recommended")
+    p.add_argument("--candidates", help="file with one raw item id per line; only these items are recommended. An id "
+                   "the model was not trained on is embedded from its side features (data.features) when the model "
+                   "has an item tower, else skipped with a warning")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_recommend)
 

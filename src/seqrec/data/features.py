@@ -20,9 +20,11 @@ so a TAAC directory is parsed once.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -215,34 +217,11 @@ def ml1m_features(directory: str | Path, inter: Interactions) -> FeatureSet:
     missing = [name for name in ML1M_FILES if not (directory / name).is_file()]
     if missing:
         raise FileNotFoundError(f"{directory}: MovieLens-1M side files missing: {', '.join(missing)}")
-    item_map = _read_id_map(directory / "sas_to_original_items.txt")
-    user_map = _read_id_map(directory / "sas_to_original_users.txt")
-
-    movies = {int(mid): (title, genres.split("|")) for mid, title, genres in _dat_rows(directory / "movies.dat", 3)}
-    genre_ids = {g: j + 1 for j, g in enumerate(sorted({g for _, gs in movies.values() for g in gs if g}))}
-    years = {mid: int(m.group(1)) for mid, (title, _) in movies.items() if (m := _YEAR.search(title))}
-    year_ids = {y: j + 1 for j, y in enumerate(sorted(set(years.values())))}
-    year_values = np.asarray(list(years.values()), dtype=np.float64)
-    year_mean, year_std = year_values.mean(), max(year_values.std(), 1e-6)
-
-    rows = inter.num_items + 1
-    genre_lists: list[list[int]] = [[] for _ in range(rows)]
-    year = np.zeros(rows, dtype=np.int64)
-    year_std_col = np.zeros((rows, 1), dtype=np.float32)
-    unmatched = 0
-    for i, raw in enumerate(_id_lookup(inter.item_ids)):
-        if i == 0:
-            continue
-        movie = item_map.get(raw) if raw is not None else None
-        if movie not in movies:
-            unmatched += 1
-            continue
-        genre_lists[i] = [genre_ids[g] for g in movies[movie][1] if g]
-        if movie in years:
-            year[i] = year_ids[years[movie]]
-            year_std_col[i, 0] = (years[movie] - year_mean) / year_std
+    items, matched = _ml1m_items(directory, inter.item_ids)
+    unmatched = int((~matched[1:]).sum())
     if unmatched:
         log.warning("ml-1m features: %d of %d items have no movie in movies.dat", unmatched, inter.num_items)
+    user_map = _read_id_map(directory / "sas_to_original_users.txt")
 
     users = {int(r[0]): r for r in _dat_rows(directory / "users.dat", 5)}
     ages = {a: j + 1 for j, a in enumerate(sorted({int(r[2]) for r in users.values()}))}
@@ -261,19 +240,54 @@ def ml1m_features(directory: str | Path, inter: Interactions) -> FeatureSet:
     if unmatched:
         log.warning("ml-1m features: %d of %d users have no record in users.dat", unmatched, inter.num_users)
 
-    return FeatureSet(
-        num_items=inter.num_items,
-        num_users=inter.num_users,
+    return dataclasses.replace(items, num_users=inter.num_users, user_categorical=columns, cardinality={
+        **items.cardinality, "gender": 3, "age": len(ages) + 1, "occupation": 22, "zip_region": 11,
+    })
+
+
+def _ml1m_items(directory: Path, raw_item_ids: np.ndarray) -> tuple[FeatureSet, np.ndarray]:
+    """The item half of ``ml1m_features`` for any SASRec item ids (``raw_item_ids[0]`` = padding).
+
+    Genre and year numbering and the year standardisation come from movies.dat as a whole, so the
+    features of an item do not depend on which other items are read with it.
+
+    Returns:
+        ``(features, matched)``: item features (no users) and, per row, whether the id has a movie.
+    """
+    item_map = _read_id_map(directory / "sas_to_original_items.txt")
+    movies = {int(mid): (title, genres.split("|")) for mid, title, genres in _dat_rows(directory / "movies.dat", 3)}
+    genre_ids = {g: j + 1 for j, g in enumerate(sorted({g for _, gs in movies.values() for g in gs if g}))}
+    years = {mid: int(m.group(1)) for mid, (title, _) in movies.items() if (m := _YEAR.search(title))}
+    year_ids = {y: j + 1 for j, y in enumerate(sorted(set(years.values())))}
+    year_values = np.asarray(list(years.values()), dtype=np.float64)
+    year_mean, year_std = year_values.mean(), max(year_values.std(), 1e-6)
+
+    rows = len(raw_item_ids)
+    genre_lists: list[list[int]] = [[] for _ in range(rows)]
+    year = np.zeros(rows, dtype=np.int64)
+    year_std_col = np.zeros((rows, 1), dtype=np.float32)
+    matched = np.zeros(rows, dtype=bool)
+    for i, raw in enumerate(_id_lookup(np.asarray(raw_item_ids))):
+        if i == 0:
+            continue
+        movie = item_map.get(raw) if raw is not None else None
+        if movie not in movies:
+            continue
+        matched[i] = True
+        genre_lists[i] = [genre_ids[g] for g in movies[movie][1] if g]
+        if movie in years:
+            year[i] = year_ids[years[movie]]
+            year_std_col[i, 0] = (years[movie] - year_mean) / year_std
+    features = FeatureSet(
+        num_items=rows - 1,
+        num_users=0,
         item_categorical={"year": year},
         item_multi={"genre": csr_from_lists(genre_lists)},
         item_continuous=year_std_col,
         continuous_names=("year_std",),
-        user_categorical=columns,
-        cardinality={
-            "genre": len(genre_ids) + 1, "year": len(year_ids) + 1, "gender": 3, "age": len(ages) + 1,
-            "occupation": 22, "zip_region": 11,
-        },
+        cardinality={"genre": len(genre_ids) + 1, "year": len(year_ids) + 1},
     )
+    return features, matched
 
 
 def item_attribute_features(path: str | Path, inter: Interactions, name: str = "attribute") -> FeatureSet:
@@ -284,6 +298,16 @@ def item_attribute_features(path: str | Path, inter: Interactions, name: str = "
         inter: interactions whose raw item ids are the file's keys.
         name: the feature's name.
     """
+    features, matched = _attribute_items(path, inter.item_ids, name)
+    unmatched = int((~matched[1:]).sum())
+    if unmatched:
+        log.warning("%s: %d of %d items have no attributes", Path(path).name, unmatched, inter.num_items)
+    return dataclasses.replace(features, num_users=inter.num_users)
+
+
+def _attribute_items(path: str | Path, raw_item_ids: np.ndarray, name: str = "attribute") -> tuple[FeatureSet, np.ndarray]:
+    """The attribute lists of any raw item ids (``raw_item_ids[0]`` = padding) and, per row, whether the
+    file lists the id. The table size is the largest attribute id among these items + 1."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"item attribute file not found: {path}")
@@ -293,27 +317,28 @@ def item_attribute_features(path: str | Path, inter: Interactions, name: str = "
         raise ValueError(f"{path}: not a JSON object of item id -> attribute ids ({exc})") from exc
     if not isinstance(table, dict):
         raise ValueError(f"{path}: expected a JSON object of item id -> attribute ids")
-    lists: list[list[int]] = [[] for _ in range(inter.num_items + 1)]
-    largest, unmatched = 0, 0
-    for i, raw in enumerate(inter.item_ids.tolist()):
+    raw_item_ids = np.asarray(raw_item_ids)
+    lists: list[list[int]] = [[] for _ in range(len(raw_item_ids))]
+    matched = np.zeros(len(raw_item_ids), dtype=bool)
+    largest = 0
+    for i, raw in enumerate(raw_item_ids.tolist()):
         if i == 0:
             continue
         values = table.get(str(raw))
         if values is None:
-            unmatched += 1
             continue
         if not isinstance(values, list) or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values):
             raise ValueError(f"{path}: item {raw}: expected a list of attribute ids >= 1, got {str(values)[:80]}")
+        matched[i] = True
         lists[i] = values
         largest = max(largest, max(values, default=0))
-    if unmatched:
-        log.warning("%s: %d of %d items have no attributes", path.name, unmatched, inter.num_items)
-    return FeatureSet(
-        num_items=inter.num_items,
-        num_users=inter.num_users,
+    features = FeatureSet(
+        num_items=len(raw_item_ids) - 1,
+        num_users=0,
         item_multi={name: csr_from_lists(lists)},
         cardinality={name: largest + 1},
     )
+    return features, matched
 
 
 def beauty_features(directory: str | Path, inter: Interactions) -> FeatureSet:
@@ -357,11 +382,8 @@ def _is_taac(config: DataConfig) -> bool:
     return config.format == "taac" or (config.format == "auto" and is_taac_dir(config.path))
 
 
-def read_features(config: DataConfig, inter: Interactions) -> FeatureSet | None:
-    """The side features ``config.features`` names, aligned with ``inter`` (see DataConfig.features).
-
-    TAAC features come with the directory: use ``read_dataset`` for TAAC data.
-    """
+def _source(config: DataConfig) -> tuple[str, Path] | None:
+    """What ``config.features`` names: ``("ml-1m", directory)`` | ``("attributes", json file)``, or None."""
     source = config.features
     if source is None or source == "none":
         return None
@@ -369,20 +391,122 @@ def read_features(config: DataConfig, inter: Interactions) -> FeatureSet | None:
         if config.path is None:
             raise ValueError(f"data.features={source} reads files next to data.path, which is not set")
         directory = Path(config.path).parent
-        return ml1m_features(directory, inter) if source == "ml-1m" else beauty_features(directory, inter)
+        return ("ml-1m", directory) if source == "ml-1m" else ("attributes", directory / BEAUTY_FILE)
     if source == "taac" or is_taac_dir(source):
         raise ValueError("TAAC features come with a TAAC training directory: set data.path to it (read_dataset)")
     path = Path(source)
     if path.is_file():
-        return item_attribute_features(path, inter)
+        return "attributes", path
     if path.is_dir():
         if all((path / name).is_file() for name in ML1M_FILES):
-            return ml1m_features(path, inter)
+            return "ml-1m", path
         if (path / BEAUTY_FILE).is_file():
-            return beauty_features(path, inter)
+            return "attributes", path / BEAUTY_FILE
         raise ValueError(f"data.features={source}: the directory holds neither the ML-1M side files "
                          f"({', '.join(ML1M_FILES)}) nor {BEAUTY_FILE}")
     raise FileNotFoundError(f"data.features={source}: not none/ml-1m/beauty/taac and no such file or directory")
+
+
+def read_features(config: DataConfig, inter: Interactions) -> FeatureSet | None:
+    """The side features ``config.features`` names, aligned with ``inter`` (see DataConfig.features).
+
+    TAAC features come with the directory: use ``read_dataset`` for TAAC data.
+    """
+    source = _source(config)
+    if source is None:
+        return None
+    kind, path = source
+    return ml1m_features(path, inter) if kind == "ml-1m" else item_attribute_features(path, inter)
+
+
+def read_item_features(config: DataConfig, raw_ids: Sequence) -> tuple[FeatureSet, np.ndarray] | None:
+    """Item features of any raw item ids, from the source ``config.features`` names, in or out of the log.
+
+    The ML-1M files and attribute JSON files are keyed by raw item id (for ML-1M: the SASRec ids of
+    ``sas_to_original_items.txt``), so they can describe items the interaction log never names, e.g.
+    items a k-core filter or a shorter log dropped. A TAAC training directory cannot: its feature file
+    only lists the indexer's items, which are all in the training catalogue already.
+
+    Args:
+        config: the data config of the run.
+        raw_ids: the items to read, as raw ids (ints or decimal strings).
+
+    Returns:
+        ``(features, found)``: features of ``raw_ids`` as items 1..n (row 0 = padding, no users) and an
+        (n,) bool mask of the ids the source describes; None when the config names no item feature
+        source that can describe items outside the training catalogue (none, TAAC).
+    """
+    if _is_taac(config) or config.features == "taac":
+        return None
+    source = _source(config)
+    if source is None:
+        return None
+    kind, path = source
+    rows = np.empty(len(raw_ids) + 1, dtype=object)
+    rows[0] = None
+    rows[1:] = list(raw_ids)
+    features, matched = _ml1m_items(path, rows) if kind == "ml-1m" else _attribute_items(path, rows)
+    return features, matched[1:]
+
+
+def concat_items(base: FeatureSet, new: FeatureSet) -> FeatureSet:
+    """A catalogue of ``base``'s items followed by ``new``'s items 1..n (as items I+1..I+n), users of ``new``.
+
+    Used to embed items unseen in training next to the trained ones (``ItemTower.extend_catalogue``):
+    the tables are ``base``'s, so a value of ``new`` outside them (unseen in training) becomes 0
+    (missing), and a feature ``new`` lacks is missing (vectors: absent) for its items.
+
+    Raises:
+        ValueError: If a vector feature has another width in ``new`` than in ``base``.
+    """
+    card = base.cardinality
+    n = new.num_items
+
+    def known(values: np.ndarray, name: str) -> np.ndarray:
+        values = np.asarray(values, dtype=np.int64)
+        return np.where((values >= 0) & (values < card[name]), values, 0)
+
+    categorical = {}
+    for name, column in base.item_categorical.items():
+        extra = known(new.item_categorical[name][1:], name) if name in new.item_categorical else np.zeros(n, np.int64)
+        categorical[name] = np.concatenate([column, extra])
+    multi = {}
+    for name, (offsets, values) in base.item_multi.items():
+        if name in new.item_multi:
+            new_offsets, new_values = new.item_multi[name]
+            start = new_offsets[1]  # new row 0 (padding) is dropped
+            extra_offsets, extra_values = new_offsets[1:] - start, known(new_values[start:], name)
+        else:
+            extra_offsets, extra_values = np.zeros(n + 1, np.int64), np.zeros(0, np.int64)
+        multi[name] = (np.concatenate([offsets, extra_offsets[1:] + offsets[-1]]), np.concatenate([values, extra_values]))
+    continuous = None
+    if base.item_continuous is not None:
+        extra = np.zeros((n, len(base.continuous_names)), dtype=np.float32)
+        for j, name in enumerate(base.continuous_names):
+            if name in new.continuous_names:
+                extra[:, j] = new.item_continuous[1:, new.continuous_names.index(name)]
+        continuous = np.concatenate([base.item_continuous.astype(np.float32, copy=False), extra])
+    vectors = {}
+    for name, (matrix, present) in base.item_vectors.items():
+        extra, extra_present = np.zeros((n, matrix.shape[1]), dtype=np.float32), np.zeros(n, dtype=bool)
+        if name in new.item_vectors:
+            given, mask = new.item_vectors[name]
+            if given.shape[1] != matrix.shape[1]:
+                raise ValueError(f"vector feature {name}: dim {given.shape[1]} for the new items, {matrix.shape[1]} trained")
+            extra, extra_present = given[1:], mask[1:]
+        vectors[name] = (np.concatenate([matrix, extra]), np.concatenate([present, extra_present]))
+    return FeatureSet(
+        num_items=base.num_items + n,
+        num_users=new.num_users,
+        item_categorical=categorical,
+        item_multi=multi,
+        item_continuous=continuous,
+        continuous_names=base.continuous_names,
+        item_vectors=vectors,
+        user_categorical=new.user_categorical,
+        user_multi=new.user_multi,
+        cardinality={**new.cardinality, **card},
+    )
 
 
 def read_dataset(config: DataConfig, *, progress: bool = False) -> tuple[Interactions, FeatureSet | None]:

@@ -13,7 +13,8 @@ candidates. Each call embeds every distinct id once (``torch.unique`` then index
 repeated negatives cost one row each. Buffers are saved with the model, except multimodal vectors wider
 than ``model.vector_buffer_max_dim``: those would make checkpoints as large as the data set, so they are
 not persistent and ``reload_vectors`` re-reads them from ``config.data``. The catalogue can be replaced
-(``set_catalogue``) to embed items the model never saw, e.g. the TAAC candidates.
+(``set_catalogue``) or extended (``extend_catalogue``: no trained id for the added items) to embed items
+the model never saw, e.g. the TAAC candidates or ``recommend --candidates`` ids outside the log.
 
 Deviations from the baseline: multi-valued features are averaged rather than summed (lists of different
 lengths then give vectors of one scale); missing categorical values embed to zero (padding row).
@@ -22,6 +23,8 @@ lengths then give vectors of one scale); missing categorical values embed to zer
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -31,7 +34,7 @@ from torch import nn
 
 from seqrec.config import ModelConfig
 from seqrec.data.dataset import PAD_ID
-from seqrec.data.features import FeatureSet
+from seqrec.data.features import FeatureSet, concat_items
 
 log = logging.getLogger(__name__)
 
@@ -215,6 +218,69 @@ class ItemTower(_Fused):
             setattr(self, f"present_{name}", torch.from_numpy(present).to(device))
         self.unloaded_vectors = set()
 
+    def catalogue_features(self) -> FeatureSet:
+        """The current catalogue as a FeatureSet (items only), the inverse of ``set_catalogue``."""
+        if self.unloaded_vectors:
+            raise RuntimeError(f"vector features {sorted(self.unloaded_vectors)} are not loaded; call reload_vectors")
+        rows = self.num_rows
+        cats = self.cat_values.cpu().numpy()
+        categorical = {name: cats[:, j].copy() for j, (name, _) in enumerate(self.schema["categorical"])}
+        multi = {}
+        for name, _, _ in self.schema["multi"]:
+            bags = getattr(self, f"bag_{name}").cpu().numpy()
+            keep = bags != PAD_ID  # 0 is padding or missing: both ignored by the EmbeddingBag
+            offsets = np.zeros(rows + 1, dtype=np.int64)
+            np.cumsum(keep.sum(axis=1), out=offsets[1:])
+            multi[name] = (offsets, bags[keep])
+        names = tuple(self.schema["continuous"])
+        vectors = {name: (getattr(self, f"vec_{name}").cpu().numpy(), getattr(self, f"present_{name}").cpu().numpy())
+                   for name, _, _ in self.schema["vectors"]}
+        return FeatureSet(
+            num_items=rows - 1,
+            num_users=0,
+            item_categorical=categorical,
+            item_multi=multi,
+            item_continuous=self.continuous.cpu().numpy() if names else None,
+            continuous_names=names,
+            item_vectors=vectors,
+            cardinality={name: card for name, card, *_ in [*self.schema["categorical"], *self.schema["multi"]]},
+        )
+
+    def extend_catalogue(self, new: FeatureSet, base: FeatureSet | None = None) -> np.ndarray:
+        """Adds items unseen in training after ``base``'s: they have no trained id (id row 0), so their
+        vectors come from their features alone. The one way both ``taac-infer`` and ``recommend
+        --candidates`` embed unseen items.
+
+        Args:
+            new: the unseen items' features as items 1..n (values outside the trained tables become
+                missing; its users are kept in the catalogue's FeatureSet but not used here).
+            base: the catalogue they follow, whose items keep their id rows (the identity: the training
+                catalogue); default the current catalogue, id rows included.
+
+        Returns:
+            (n,) int64 catalogue rows of the new items (``base.num_items + 1`` on).
+        """
+        if base is None:
+            base, base_rows = self.catalogue_features(), self.id_rows.cpu().numpy()
+        else:
+            base_rows = np.arange(base.num_items + 1)
+        self.set_catalogue(concat_items(base, new), np.concatenate([base_rows, np.zeros(new.num_items, dtype=np.int64)]))
+        return np.arange(base.num_items + 1, base.num_items + 1 + new.num_items, dtype=np.int64)
+
+    @contextmanager
+    def catalogue_kept(self) -> Iterator[None]:
+        """Restores the catalogue (buffers, schema) on exit, whatever ``set_catalogue`` did inside."""
+        names = ["id_rows", "cat_values", "continuous", *(f"bag_{n}" for n, _, _ in self.schema["multi"]),
+                 *(f"{prefix}_{n}" for n, _, _ in self.schema["vectors"] for prefix in ("vec", "present"))]
+        saved = {name: getattr(self, name) for name in names}
+        schema, unloaded = self.schema, set(self.unloaded_vectors)
+        try:
+            yield
+        finally:
+            for name, value in saved.items():
+                setattr(self, name, value)
+            self.schema, self.unloaded_vectors = schema, unloaded
+
     def encode_rows(self, rows: torch.Tensor) -> torch.Tensor:
         """(N,) catalogue rows -> (N, D); row 0 (padding) gives zeros."""
         if self.unloaded_vectors:
@@ -343,6 +409,24 @@ def model_from_state(num_items: int, config: ModelConfig, state_dict: dict[str, 
     model = SASRec(num_items, config, item_tower=item_tower, user_tower=user_tower)
     model.load_state_dict(state_dict)
     return model
+
+
+@torch.no_grad()
+def embed_unseen_items(model, new: FeatureSet) -> torch.Tensor:
+    """(n, D) vectors of items the model never saw (``new``'s items 1..n), from their features alone.
+
+    The item tower's catalogue is extended with them (``ItemTower.extend_catalogue``, as ``taac-infer``
+    does) only while they are embedded, and restored after, so the model's catalogue is unchanged.
+
+    Raises:
+        ValueError: If the model has no item tower (an id-only model cannot embed an unseen item).
+    """
+    tower = getattr(model, "item_tower", None)
+    if tower is None:
+        raise ValueError("an id-only model (no item tower) cannot embed items unseen in training")
+    with tower.catalogue_kept():
+        rows = tower.extend_catalogue(new)
+        return model.item_embeddings(torch.from_numpy(rows).to(tower.cat_values.device)).detach()
 
 
 def reload_vectors(model, features: FeatureSet | None) -> None:

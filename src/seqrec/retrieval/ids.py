@@ -144,28 +144,47 @@ def ids_array(values: np.ndarray) -> np.ndarray:
     return np.asarray([str(v) for v in items], dtype=str) if items else np.empty(0, dtype="<U1")
 
 
+def read_candidate_values(path: str | Path) -> list[str]:
+    """The raw item ids listed in ``path`` (one per line, stripped, blank lines skipped), in file order.
+
+    Raises:
+        FileNotFoundError: If ``path`` does not exist.
+        ValueError: If the file is not UTF-8 text or lists no id.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"candidates file not found: {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); expected one item id a line") from exc
+    values = [v for v in (line.strip() for line in text.splitlines()) if v]
+    if not values:
+        raise ValueError(f"candidates file {path} lists no item id")
+    return values
+
+
+def shown(values: Sequence[Any], limit: int = 5) -> str:
+    """The first ``limit`` values, comma-separated, `` ...`` if there are more."""
+    return ", ".join(map(str, values[:limit])) + (" ..." if len(values) > limit else "")
+
+
 def read_candidates(path: str | Path, lookup: ItemLookup) -> np.ndarray:
     """Sorted unique internal ids of the raw item ids in ``path`` (one per line, blank lines skipped).
 
     Candidates the model does not know are skipped and their count is logged (a warning naming the
-    first few).
+    first few). A model with an item tower can embed unknown candidates from their features instead:
+    see ``seqrec.retrieval.recommend.resolve_candidates``.
 
     Raises:
         FileNotFoundError: If ``path`` does not exist.
         ValueError: If the file lists no id, or none the model knows.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"candidates file not found: {path}")
-    values = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
-    values = [v for v in values if v]
-    if not values:
-        raise ValueError(f"candidates file {path} lists no item id")
+    values = read_candidate_values(path)
     ids, unknown = lookup.lookup(values)
     if unknown:
-        shown = ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else "")
         log.warning("%d of %d candidate ids in %s are unknown to the model and skipped: %s",
-                    len(unknown), len(set(values)), path, shown)
+                    len(unknown), len(set(values)), path, shown(unknown))
     if not len(ids):
         raise ValueError(f"none of the {len(set(values))} candidate ids in {path} is known to the model")
     return np.unique(ids)

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from seqrec.config import config_from_dict
 from seqrec.data.batches import left_padded_windows
-from seqrec.data.features import FeatureSet, csr_take, taac_features
+from seqrec.data.features import FeatureSet, concat_items, csr_take, taac_features
 from seqrec.data.taac import (
     PREDICT_TARGETS_FILE,
     TaacData,
@@ -95,15 +95,15 @@ def _concat_csr(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarra
     return np.concatenate([a[0], b[0][1:] + a[0][-1]]), np.concatenate([a[1], b[1]])
 
 
-def inference_catalogue(
+def unseen_items(
     train_features: FeatureSet, train: TaacData, predict: TaacPredict
-) -> tuple[FeatureSet, np.ndarray, np.ndarray, np.ndarray]:
-    """The training items followed by every creative of the evaluation files unseen in training.
+) -> tuple[FeatureSet, np.ndarray, np.ndarray]:
+    """Every creative of the evaluation files unseen in training, to follow the training items.
 
     Returns:
-        ``(features, id_rows, history_rows, candidate_rows)``: item features of the extended catalogue
-        (users: the evaluation users), the id-embedding row of every catalogue row (0 for new items),
-        the catalogue row of every history event and of every candidate.
+        ``(new, history_rows, candidate_rows)``: the unseen creatives' features as items 1..n, values
+        in the training tables (users: the evaluation users), and the catalogue row of every history
+        event and of every candidate once ``new`` follows the training items (``extend_catalogue``).
     """
     num_items = train.num_items
     cand = predict.candidates
@@ -155,22 +155,23 @@ def inference_catalogue(
         return offsets, np.concatenate(lists) if lists else np.zeros(0, dtype=np.int64)
 
     vectors = {}
-    for name, (matrix, present) in train_features.item_vectors.items():
-        new_matrix = np.zeros((len(by_cand), matrix.shape[1]), dtype=np.float32)
-        new_present = np.zeros(len(by_cand), dtype=bool)
+    for name, (matrix, _) in train_features.item_vectors.items():
+        new_matrix = np.zeros((len(by_cand) + 1, matrix.shape[1]), dtype=np.float32)  # row 0: padding
+        new_present = np.zeros(len(by_cand) + 1, dtype=bool)
         if name in cand.vectors:  # history-only new items have no vector: absent
             c_matrix, c_present = cand.vectors[name]
-            new_matrix[use_cand] = c_matrix[by_cand[use_cand]]
-            new_present[use_cand] = c_present[by_cand[use_cand]]
-        vectors[name] = (np.concatenate([matrix, new_matrix]), np.concatenate([present, new_present]))
+            new_matrix[1:][use_cand] = c_matrix[by_cand[use_cand]]
+            new_present[1:][use_cand] = c_present[by_cand[use_cand]]
+        vectors[name] = (new_matrix, new_present)
 
     num_users = predict.num_users
     users = np.arange(num_users)
-    features = FeatureSet(
-        num_items=num_items + len(by_cand),
+    padding = (np.zeros(2, dtype=np.int64), np.zeros(0, dtype=np.int64))  # row 0: one empty list
+    new = FeatureSet(
+        num_items=len(by_cand),
         num_users=num_users,
-        item_categorical={n: np.concatenate([v, new_column(n)]) for n, v in train_features.item_categorical.items()},
-        item_multi={n: _concat_csr(v, new_lists(n)) for n, v in train_features.item_multi.items()},
+        item_categorical={n: np.r_[0, new_column(n)] for n in train_features.item_categorical},
+        item_multi={n: _concat_csr(padding, new_lists(n)) for n in train_features.item_multi},
         item_vectors=vectors,
         user_categorical={
             n: _column(predict.user_sparse, predict.user_array, n, users, card[n]) for n in train_features.user_categorical
@@ -178,8 +179,22 @@ def inference_catalogue(
         user_multi={n: _lists(predict.user_sparse, predict.user_array, n, users, card[n]) for n in train_features.user_multi},
         cardinality=card,
     )
-    id_rows = np.concatenate([np.arange(num_items + 1), np.zeros(len(by_cand), dtype=np.int64)])
-    return features, id_rows, history_rows, candidate_rows
+    return new, history_rows, candidate_rows
+
+
+def inference_catalogue(
+    train_features: FeatureSet, train: TaacData, predict: TaacPredict
+) -> tuple[FeatureSet, np.ndarray, np.ndarray, np.ndarray]:
+    """The training items followed by every creative of the evaluation files unseen in training.
+
+    Returns:
+        ``(features, id_rows, history_rows, candidate_rows)``: item features of the extended catalogue
+        (users: the evaluation users), the id-embedding row of every catalogue row (0 for new items),
+        the catalogue row of every history event and of every candidate.
+    """
+    new, history_rows, candidate_rows = unseen_items(train_features, train, predict)
+    id_rows = np.concatenate([np.arange(train.num_items + 1), np.zeros(new.num_items, dtype=np.int64)])
+    return concat_items(train_features, new), id_rows, history_rows, candidate_rows
 
 
 @torch.no_grad()
@@ -221,14 +236,15 @@ def taac_infer(
     if train.num_items != state["num_items"]:
         raise ValueError(f"{data_dir} has {train.num_items} items, the checkpoint {state['num_items']}")
     predict = read_taac_predict(eval_dir, train, progress=progress, vector_features=wanted)
-    features, id_rows, history_rows, candidate_rows = inference_catalogue(taac_features(train), train, predict)
+    train_features = taac_features(train)
+    new_items, history_rows, candidate_rows = unseen_items(train_features, train, predict)
     if tower is not None:
-        tower.set_catalogue(features, id_rows)
+        tower.extend_catalogue(new_items, base=train_features)  # unseen creatives: from their features
     else:  # an id-only model has no vector for an unseen creative: it is dropped from histories, scores 0
         history_rows = np.where(history_rows > train.num_items, 0, history_rows)
         candidate_rows = np.where(candidate_rows > train.num_items, 0, candidate_rows)
     if model.user_tower is not None:
-        model.user_tower.set_users(features)
+        model.user_tower.set_users(new_items)  # the evaluation users
 
     # Distinct candidates, first occurrence wins.
     keys = [_key(c) for c in predict.candidates.creative_ids.tolist()]
@@ -268,7 +284,7 @@ def taac_infer(
 
     out = Path(out)
     _write_results(out, predict.user_ids.tolist(), top)
-    result = TaacInference(out, predict.num_users, len(chosen), int(len(id_rows) - train.num_items - 1))
+    result = TaacInference(out, predict.num_users, len(chosen), new_items.num_items)
     if (Path(eval_dir) / PREDICT_TARGETS_FILE).is_file():
         target_users, targets = read_taac_targets(eval_dir)
         if [_key(u) for u in target_users.tolist()] != [_key(u) for u in predict.user_ids.tolist()]:
