@@ -177,6 +177,10 @@ request = function()
   i = i % #reqs + 1
   return reqs[i]
 end
+delay = function()
+  if think_ms <= 0 then return 0 end
+  return math.floor(-think_ms * math.log(1 - math.random()))
+end
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
@@ -188,9 +192,14 @@ end
 """
 
 
-def wrk_script(bodies: list[bytes], path: Path, count: int = 300) -> Path:
-    """A wrk Lua script rotating through the first ``count`` bodies (JSON, as Lua long strings)."""
-    lines = ["bodies = {"]
+def wrk_script(bodies: list[bytes], path: Path, count: int = 300, think_ms: float = 0.0) -> Path:
+    """A wrk Lua script rotating through the first ``count`` bodies (JSON, as Lua long strings).
+
+    ``think_ms > 0``: each connection waits an exponentially distributed time of that mean before each
+    request (wrk's ``delay()``, not counted in the latency), so N connections offer about
+    N * 1000 / think_ms requests per second instead of as many as the server can answer.
+    """
+    lines = [f"think_ms = {think_ms!r}", "bodies = {"]
     for body in bodies[:count]:
         text = body.decode()
         if "]==]" in text:
@@ -298,6 +307,9 @@ def main() -> int:
     parser.add_argument("--baseline", action="store_true",
                         help="first measure a hello-world FastAPI server the same way (calibration)")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
+    parser.add_argument("--rate", type=float, default=0.0,
+                        help="wrk only: also measure every level at this offered load (requests/s in all, "
+                             "each connection pausing a random think time between requests) instead of flat out")
     args = parser.parse_args()
     if args.client is None:
         args.client = "wrk" if shutil.which("wrk") else "httpx"
@@ -327,17 +339,23 @@ def main() -> int:
 
     results: dict[str, list[dict]] = {}
     labels = (["hello-world FastAPI (calibration)"] if args.baseline else []) + ["seqrec serve"]
+    if args.rate > 0 and script is not None:
+        labels.append(f"seqrec serve, offered {args.rate:g} req/s")
     with ProcessPoolExecutor(max_workers=max(1, args.procs), mp_context=get_context("spawn")) as pool:
         for label in labels:
             port = free_port()
-            server = start_server(server_command(run, port, args, baseline=label != "seqrec serve"), port)
+            server = start_server(server_command(run, port, args, baseline=label.startswith("hello")), port)
             url = f"http://127.0.0.1:{port}"
             results[label] = []
             try:
                 for clients in [int(c) for c in args.clients.split(",")]:
                     runs = []
                     for _ in range(args.repeats):
-                        if script is not None:
+                        if script is not None and "offered" in label:
+                            paced = wrk_script(bodies, SERVE_LOG.parent / f"serve_load_{clients}.lua",
+                                               think_ms=1000.0 * clients / args.rate)
+                            result = run_level_wrk(url, paced, clients, args, server.pid)
+                        elif script is not None:
                             result = run_level_wrk(url, script, clients, args, server.pid)
                         else:
                             result = run_level(pool, url, bodies, clients, args.procs, args, server.pid)
