@@ -56,7 +56,7 @@ def main() -> None:
 
     bce = statistics.median(times["bce"])
     lines = [
-        f"# One ML-1M training epoch, BCE vs in-batch InfoNCE\n",
+        "# One ML-1M training epoch, BCE vs in-batch InfoNCE\n",
         f"`python benchmarks/epoch_time.py --data {args.data} --repeats {args.repeats}"
         + "".join(f" --set {s}" for s in args.set) + "`\n",
         f"Machine: {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}. "
