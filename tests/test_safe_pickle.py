@@ -102,3 +102,41 @@ def test_corrupt_files_raise_value_error_naming_the_file(tmp_path, payload):
 def test_missing_file_raises_file_not_found(tmp_path):
     with pytest.raises(FileNotFoundError):
         safe_load_pickle(tmp_path / "absent.pkl")
+
+
+@pytest.mark.parametrize("protocol", [0, 2, 4, 5])
+def test_numeric_arrays_load_when_asked(tmp_path, protocol):
+    obj = {7: np.arange(4, dtype=np.float32), "s": np.float64(2.5), "m": np.arange(6).reshape(2, 3).T,
+           "b": np.array([True, False]), "plain": [1.0, 2.0]}
+    path = tmp_path / "vectors.pkl"
+    path.write_bytes(pickle.dumps(obj, protocol=protocol))
+    with pytest.raises(UnsafePickleError):
+        safe_load_pickle(path)  # still refused by default
+    out = safe_load_pickle(path, numeric_arrays=True)
+    assert out.keys() == obj.keys() and out["plain"] == [1.0, 2.0]
+    for key in (7, "s", "m", "b"):
+        np.testing.assert_array_equal(out[key], obj[key])
+        assert np.asarray(out[key]).dtype == np.asarray(obj[key]).dtype
+
+
+@pytest.mark.parametrize(
+    "array",
+    [np.array([1, "a"], dtype=object), np.array(["text"]), np.array([(1, 2.0)], dtype=[("a", "i4"), ("b", "f8")])],
+    ids=["object", "unicode", "structured"],
+)
+@pytest.mark.parametrize("protocol", [2, 5])
+def test_non_numeric_arrays_are_refused_even_when_arrays_are_allowed(tmp_path, array, protocol):
+    path = tmp_path / "bad.pkl"
+    path.write_bytes(pickle.dumps({1: array}, protocol=protocol))
+    with pytest.raises(ValueError, match="bad.pkl"):
+        safe_load_pickle(path, numeric_arrays=True)
+
+
+def test_allowing_arrays_still_refuses_code(tmp_path):
+    marker = tmp_path / "pwned"
+    payload = f"cbuiltins\nexec\n(Vopen({str(marker)!r}, 'w').close()\ntR.".encode()
+    path = tmp_path / "evil.pkl"
+    path.write_bytes(payload)
+    with pytest.raises(UnsafePickleError, match=r"builtins\.exec"):
+        safe_load_pickle(path, numeric_arrays=True)
+    assert not marker.exists()

@@ -380,6 +380,16 @@ def test_hand_written_vectors(tmp_path):
     assert set(only.item_vectors) == {"83"}
 
 
+def test_vector_pickle_may_hold_numpy_arrays(tmp_path):
+    directory = _add_vectors(_write_tiny(tmp_path / "tiny"))
+    (directory / "creative_emb" / "emb_81_4.pkl").write_bytes(pickle.dumps(
+        {"9001": np.array([1, 2, 3, 4], np.float32), 9003: np.arange(4, dtype=np.float64)}))
+    matrix, present = read_taac(directory, progress=False).item_vectors["81"]
+    assert present.tolist() == [False, True, False, True]
+    np.testing.assert_array_equal(matrix[1], [1, 2, 3, 4])
+    np.testing.assert_array_equal(matrix[3], [0, 1, 2, 3])
+
+
 def test_sort_by_time_is_opt_in_and_stable(tmp_path):
     directory = _write_tiny(tmp_path / "tiny")
     lines = [

@@ -1236,7 +1236,7 @@ def _vector(value: Any, dim: int, path: Path, line: int | None, field: str) -> n
 def _fill_vectors_from_pickle(
     path: Path, dim: int, cid_rows: dict[int | str, int], matrix: np.ndarray, present: np.ndarray
 ) -> int:
-    table = safe_load_pickle(path)
+    table = safe_load_pickle(path, numeric_arrays=True)  # vectors may be NumPy arrays
     if type(table) is not dict:
         raise TaacFormatError(
             path, None, "file", f"expected a pickled dict creative_id -> vector, got {_describe(table)}"
