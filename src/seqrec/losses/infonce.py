@@ -51,9 +51,10 @@ _NORM_EPS = 1e-12
 # rows per tile rather than a 400 MB tile; smaller tiles measured no faster (GEMMs get thin).
 _COL_BLOCK_FACTOR = 32
 _TILE_ELEMS = 1 << 24
-# Rows per tile are further capped so that a tile of a narrow pool stays about cache-sized (2**20
-# elements, 4 MiB in float32, ~300 rows x 3,400 columns), but never below _MIN_TILE_ROWS rows: the three
-# GEMMs per tile ran ~20% faster on CPU than with 4096-row tiles that spill to memory.
+# Rows per tile are further capped so that a tile of a narrow pool stays within the L3 cache (2**22
+# elements, 16 MiB in float32, ~1,200 rows x 3,400 columns), but never below _MIN_TILE_ROWS rows. Single
+# threaded this was faster than 4096-row tiles; one contended 2-thread measurement favoured 4096 rows,
+# so it is a tuning knob still to be settled on idle cores (BENCHMARKS.md, issue 3).
 _CACHE_TILE_ELEMS = 1 << 22
 _MIN_TILE_ROWS = 256
 # Fixed-shift path (see _fixed_shift): every exponent it evaluates stays within +-limit, far inside the

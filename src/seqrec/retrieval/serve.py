@@ -430,9 +430,13 @@ def create_app(recommender: Recommender, config: ServeConfig | None = None) -> F
         if not len(ids):
             shown = ", ".join(map(json.dumps, unknown[:5])) + (" ..." if len(unknown) > 5 else "")
             raise HTTPException(400, f"none of the {len(unknown)} history item ids is known to the model: {shown}")
+        return Response(await answer(body, ids, unknown), media_type="application/json")
+
+    async def answer(body: RecommendRequest, ids: np.ndarray, unknown: list) -> bytes:
+        """The JSON response body of a valid request whose history maps to ``ids`` (both paths)."""
         items, scores = await batcher.submit(Job(ids, body.k, body.exclude_seen))
         payload = {"items": items, "scores": scores, "unknown_items": unknown}
-        return Response(json.dumps(payload, separators=(",", ":")), media_type="application/json")
+        return json.dumps(payload, separators=(",", ":")).encode()
 
     async def fast_recommend(scope: dict, receive: Any, send: Any) -> Any:
         """The valid-request path of ``recommend`` without FastAPI's stack; the same answers."""
@@ -460,13 +464,11 @@ def create_app(recommender: Recommender, config: ServeConfig | None = None) -> F
                 ids, unknown = recommender.lookup.lookup(request.history)
                 if len(ids):
                     try:
-                        items, scores = await batcher.submit(Job(ids, request.k, request.exclude_seen))
+                        out = await answer(request, ids, unknown)
                     except Exception as exc:  # noqa: BLE001 - as the app's handler: a bare 500
                         log.error("unexpected error on /recommend: %s", type(exc).__name__)
                         await _send_json(send, 500, {"detail": "internal server error"})
                         return True
-                    payload = {"items": items, "scores": scores, "unknown_items": unknown}
-                    out = json.dumps(payload, separators=(",", ":")).encode()
                     await send({"type": "http.response.start", "status": 200,
                                 "headers": [*_JSON_HEADERS, (b"content-length", str(len(out)).encode())]})
                     await send({"type": "http.response.body", "body": out})
