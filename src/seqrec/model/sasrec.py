@@ -5,7 +5,8 @@ loss. Scoring lives in ``score_items`` so training losses, evaluation and retrie
 
 Deliberate deviations from the paper:
 - pre-LN blocks by default (``norm_first``), the paper's post-LN as an option;
-- ``torch.nn.functional.scaled_dot_product_attention`` with a causal-and-padding mask;
+- ``torch.nn.functional.scaled_dot_product_attention`` with a causal-and-padding mask (on a CPU in
+  training, explicit attention with a cheaper dropout mask: ``model/dropout.py``);
 - positions are counted from the first real item of the window, not from the left edge of the padded
   window, so the output at a position depends neither on later items nor on the amount of padding;
 - queries at padding positions attend to themselves only (no NaN) and their outputs are zeroed;
@@ -26,6 +27,7 @@ from torch import nn
 
 from seqrec.config import ModelConfig
 from seqrec.data.dataset import PAD_ID
+from seqrec.model.dropout import Dropout, attention
 
 
 class CausalSelfAttention(nn.Module):
@@ -35,16 +37,14 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
         self.dropout = dropout
-        self.resid_dropout = nn.Dropout(dropout)
+        self.resid_dropout = Dropout(dropout)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
         """x: (B, L, D); attn_mask: (B, 1, L, L) bool, True = may attend."""
         B, L, D = x.shape
         q, k, v = self.qkv(x).split(D, dim=-1)
         q, k, v = (t.view(B, L, self.num_heads, D // self.num_heads).transpose(1, 2) for t in (q, k, v))  # (B, H, L, Dh)
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
-        )
+        y = attention(q, k, v, attn_mask, self.dropout, self.training)
         y = y.transpose(1, 2).reshape(B, L, D)
         return self.resid_dropout(self.proj(y))
 
@@ -54,7 +54,7 @@ class FeedForward(nn.Module):
 
     def __init__(self, dim: int, dropout: float):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(dim, dim), nn.Dropout(dropout))
+        self.net = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), Dropout(dropout), nn.Linear(dim, dim), Dropout(dropout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -103,7 +103,7 @@ class SASRec(nn.Module):
         self.item_emb = nn.Embedding(num_items + 1, d, padding_idx=PAD_ID) if item_tower is None else None
         # A user token takes one position before the first item.
         self.pos_emb = nn.Embedding(config.maxlen + (config.user_features == "token"), d)
-        self.emb_dropout = nn.Dropout(config.dropout)
+        self.emb_dropout = Dropout(config.dropout)
         self.blocks = nn.ModuleList(
             Block(d, config.num_heads, config.dropout, config.norm_first) for _ in range(config.num_blocks)
         )
