@@ -36,6 +36,8 @@ def run_training(args: argparse.Namespace, nproc: int, out: Path) -> tuple[float
     """Trains through the CLI; returns (wall seconds, metrics.jsonl records, results.json)."""
     command = [sys.executable, "-m", "seqrec", "train", "--data", args.data, "--out", str(out), "--overwrite",
                "--quiet", "--set", f"train.epochs={args.epochs}", "--set", "train.patience=0"]
+    if args.config:
+        command += ["--config", args.config]
     for override in args.set:
         command += ["--set", override]
     if nproc > 1:
@@ -55,7 +57,7 @@ def report(args: argparse.Namespace, runs: dict[int, tuple[float, list[dict], di
         f"# DDP equivalence: {n} processes vs 1 at the same global batch",
         "",
         f"- command: `{command}`",
-        f"- data: `{args.data}`; overrides: {', '.join(f'`{s}`' for s in args.set) or 'none'}; "
+        f"- data: `{args.data}`; config: `{args.config or 'defaults'}`; overrides: {', '.join(f'`{s}`' for s in args.set) or 'none'}; "
         f"{args.epochs} epochs, early stopping off",
         f"- machine: {os.cpu_count()} CPU cores ({platform.machine()}), "
         f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'}; "
@@ -85,6 +87,7 @@ def report(args: argparse.Namespace, runs: dict[int, tuple[float, list[dict], di
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="../shared/data/ml-1m/ml-1m.txt.xz", help="interaction log")
+    parser.add_argument("--config", help="YAML config of both runs (default: the built-in defaults)")
     parser.add_argument("--epochs", type=int, default=2, help="epochs of both runs (early stopping off)")
     parser.add_argument("--nproc", type=int, default=2, help="processes of the distributed run")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",

@@ -43,14 +43,16 @@ def plot(curves: dict[str, list[tuple[float, float]]], path: Path, title: str) -
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for label, points in curves.items():
+    colours = plt.get_cmap("tab20").colors  # 20 distinct colours: ablations draw many curves
+    for i, (label, points) in enumerate(curves.items()):
         xs = [p[0] / 60 for p in points]
-        ax.plot(xs, [p[1] for p in points], marker=".", label=label)
+        ax.plot(xs, [p[1] for p in points], marker=".", label=label, color=colours[(2 * i) % 20 + (2 * i) // 20 % 2],
+                linestyle="-" if i < 10 else "--")
     ax.set_xlabel("training wall-clock time (minutes)")
     ax.set_ylabel("validation NDCG@10")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8, ncol=2 if len(curves) > 8 else 1)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -67,6 +69,9 @@ def main() -> None:
     parser.add_argument("--max-minutes", type=float, default=30.0, help="training budget per run")
     parser.add_argument("--out", required=True, help="output directory (runs, table, plot)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    parser.add_argument("--ablation", metavar="BASELINE",
+                        help="write ablation.md instead: validation metrics only (no test column), each run's "
+                             "change from the baseline run's config and its effect on validation NDCG@10")
     args = parser.parse_args()
 
     out = Path(args.out)
@@ -86,7 +91,10 @@ def main() -> None:
         (out / label / "wall.json").write_text(json.dumps({"wall_seconds": wall, "threads": torch.get_num_threads()}))
         labels.append(label)
     labels += [x for x in args.report if x not in labels]
-    report(out, labels, args.name, args.max_minutes)
+    if args.ablation:
+        ablation_report(out, labels, args.ablation, args.name, args.max_minutes)
+    else:
+        report(out, labels, args.name, args.max_minutes)
 
 
 def report(out: Path, labels: list[str], name: str, max_minutes: float) -> None:
@@ -118,6 +126,52 @@ def report(out: Path, labels: list[str], name: str, max_minutes: float) -> None:
     table = header + "\n".join(rows) + "\n" + pop_row
     (out / "table.md").write_text(table)
     plot(curves, out / "valid_ndcg_vs_time.png", f"{name}: validation NDCG@10 vs training time")
+    print(table)
+
+
+def _flat(config: dict, prefix: str = "") -> dict[str, object]:
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def ablation_report(out: Path, labels: list[str], baseline: str, name: str, max_minutes: float) -> None:
+    """Writes ``ablation.md``: one row per run, its config change from ``baseline`` (read from the runs'
+    config.yaml) and the best validation NDCG@10 / HR@10 within the budget. No test metrics: ablations
+    choose settings, and settings are chosen on validation only."""
+    import yaml
+
+    def load(label):
+        run = out / label
+        config = _flat(yaml.safe_load((run / "config.yaml").read_text()))
+        records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        best = max((r for r in records if "valid" in r), key=lambda r: r["valid"]["ndcg@10"])
+        epoch_s = sorted(r["epoch_seconds"] for r in records)[len(records) // 2]
+        return config, records, best, epoch_s
+
+    base_config, _, base_best, _ = load(baseline)
+    rows, curves = [], {}
+    for label in [baseline] + [x for x in labels if x != baseline]:
+        config, records, best, epoch_s = load(label)
+        change = ", ".join(f"{k}={config.get(k)}" for k in sorted(set(config) | set(base_config))
+                           if config.get(k) != base_config.get(k) and k != "data.path") or "(baseline)"
+        curves[label] = [(r["train_seconds"], r["valid"]["ndcg@10"]) for r in records if "valid" in r]
+        v = best["valid"]
+        delta = v["ndcg@10"] / base_best["valid"]["ndcg@10"] - 1
+        rows.append(f"| {label} | {change} | {v['ndcg@10']:.4f} | {delta:+.1%} | {v['hr@10']:.4f} | "
+                    f"{best['epoch']} | {len(records)} | {epoch_s:.1f} |")
+    table = (
+        f"## {name}: one change at a time, best validation NDCG@10 within {max_minutes:g} minutes of training\n\n"
+        f"Machine: {platform.machine()}, torch {torch.__version__}; date {time.strftime('%Y-%m-%d')}.\n\n"
+        "| run | change from the baseline | valid NDCG@10 | vs baseline | valid HR@10 | best epoch | epochs | epoch s |\n"
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n" + "\n".join(rows) + "\n"
+    )
+    (out / "ablation.md").write_text(table)
+    plot(curves, out / "ablation_valid_ndcg_vs_time.png", f"{name}: validation NDCG@10 vs training time")
     print(table)
 
 
