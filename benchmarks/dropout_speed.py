@@ -27,32 +27,22 @@ from seqrec.model.sasrec import SASRec
 @contextmanager
 def torch_dropout():
     """Swaps in F.dropout and F.scaled_dot_product_attention (what the model used before)."""
-    saved = dropout_module.dropout, dropout_module.attention
-
-    def attention(q, k, v, attn_mask, p, training):
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p if training else 0.0)
-
-    dropout_module.dropout = lambda x, p, training: F.dropout(x, p, training)
-    dropout_module.attention = attention
     import seqrec.model.sasrec as sasrec
 
-    sasrec_attention = sasrec.attention
-    sasrec.attention = attention
+    saved = dropout_module.dropout, sasrec.attention
+    dropout_module.dropout = lambda x, p, training: F.dropout(x, p, training)  # Dropout modules look it up
+    sasrec.attention = lambda q, k, v, attn_mask, p, training: F.scaled_dot_product_attention(
+        q, k, v, attn_mask=attn_mask, dropout_p=p if training else 0.0)
     try:
         yield
     finally:
-        dropout_module.dropout, dropout_module.attention = saved
-        sasrec.attention = sasrec_attention
+        dropout_module.dropout, sasrec.attention = saved
 
 
-def timed(fn, repeats: int) -> list[float]:
+def seconds(fn) -> float:
+    start = time.perf_counter()
     fn()
-    out = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - start)
-    return out
+    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -94,10 +84,11 @@ def main() -> None:
         "| --- | ---: | ---: | ---: |",
     ]
     for name, (old, new) in cases.items():
+        old(), new()  # warm-up
         t_old, t_new = [], []
         for _ in range(args.repeats):
-            t_old += timed(old, 1)
-            t_new += timed(new, 1)
+            t_old.append(seconds(old))
+            t_new.append(seconds(new))
         a, b = statistics.median(t_old) * 1e3, statistics.median(t_new) * 1e3
         lines.append(f"| {name} | {a:.1f} | {b:.1f} | {a / b:.2f}x |")
     print("\n".join(lines))

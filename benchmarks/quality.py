@@ -43,10 +43,10 @@ def plot(curves: dict[str, list[tuple[float, float]]], path: Path, title: str) -
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    colours = plt.get_cmap("tab20").colors  # 20 distinct colours: ablations draw many curves
+    colours = plt.get_cmap("tab20").colors  # 10 dark/light pairs: the dark ones first, then the light ones
     for i, (label, points) in enumerate(curves.items()):
         xs = [p[0] / 60 for p in points]
-        ax.plot(xs, [p[1] for p in points], marker=".", label=label, color=colours[(2 * i) % 20 + (2 * i) // 20 % 2],
+        ax.plot(xs, [p[1] for p in points], marker=".", label=label, color=colours[(2 * i + i // 10) % 20],
                 linestyle="-" if i < 10 else "--")
     ax.set_xlabel("training wall-clock time (minutes)")
     ax.set_ylabel("validation NDCG@10")
