@@ -51,11 +51,12 @@ _NORM_EPS = 1e-12
 # rows per tile rather than a 400 MB tile; smaller tiles measured no faster (GEMMs get thin).
 _COL_BLOCK_FACTOR = 32
 _TILE_ELEMS = 1 << 24
-# Rows per tile are further capped so that a tile of a narrow pool stays within the L3 cache (2**22
-# elements, 16 MiB in float32, ~1,200 rows x 3,400 columns), but never below _MIN_TILE_ROWS rows. Single
-# threaded this was faster than 4096-row tiles; one contended 2-thread measurement favoured 4096 rows,
-# so it is a tuning knob still to be settled on idle cores (BENCHMARKS.md, issue 3).
-_CACHE_TILE_ELEMS = 1 << 22
+# Rows per tile are further capped so that a tile of a narrow pool stays within the L3 cache share of a
+# GEMM's output (2**19 elements, 2 MiB in float32: 256 rows x 2,048 columns), but never below
+# _MIN_TILE_ROWS rows. On the 2-core machine, (14.2k rows x 2,833 columns, D=64), the five per-tile
+# kernels took 179-217 ms with 256-row tiles against 261-329 ms with 1,024-1,480 rows (interleaved runs);
+# pools wider than ~4,000 columns run best at 256 rows and up, which _MIN_TILE_ROWS keeps.
+_CACHE_TILE_ELEMS = 1 << 19
 _MIN_TILE_ROWS = 256
 # Fixed-shift path (see _fixed_shift): every exponent it evaluates stays within +-limit, far inside the
 # normal range of the dtype (float32 overflows above 88.7 and turns subnormal below -87.3).
@@ -378,11 +379,16 @@ def _fixed_shift_sweep(
 ) -> torch.Tensor:  # fmt: skip
     """:class:`_SoftmaxCESum` with the constant shift ``c`` of :func:`_fixed_shift`: no running max.
 
-    A tile is ``exp(q . v)`` (masked pairs 0); the column factors ``f = exp(bias - c)`` are folded into
-    the (U, D) side instead of a pass over the tile: row sums ``exp(Q V^T) f``, d loss / d q
-    ``(exp(Q V^T) (f * V)) * weight``, d loss / d v ``f * exp(Q V^T)^T (weight * Q)``, d loss / d bias
-    ``f * exp(Q V^T)^T weight``. Per tile: the logits GEMM, one exp, one index_fill, the two gradient
-    GEMMs and a matrix-vector product. Returns the unscaled sum of ``lse - pos``; fills the gradients.
+    A tile is ``exp(V Q^T)``, pool columns by query rows (masked pairs 0); the column factors
+    ``f = exp(bias - c)`` are folded into the (U, D) side instead of a pass over the tile: row sums
+    ``exp(Q V^T) f``, d loss / d q ``(exp(Q V^T) (f * V)) * weight``, d loss / d v
+    ``f * exp(Q V^T)^T (weight * Q)``, d loss / d bias ``f * exp(Q V^T)^T weight``. Per tile: the logits
+    GEMM, one exp, one index_fill, the two gradient GEMMs and a matrix-vector product. Returns the
+    unscaled sum of ``lse - pos``; fills the gradients.
+
+    Two choices are for speed only (same values up to float rounding; BENCHMARKS.md, issue 3): the tile is
+    ``exp2((log2(e) Q) V^T)``, since ``exp2`` costs about half of ``exp`` on CPU, and it is laid out
+    pool-major, the orientation in which the logits GEMM ran fastest.
     """
     n = queries.shape[0]
     grad_q, grad_pool, grad_bias = grads
@@ -393,36 +399,42 @@ def _fixed_shift_sweep(
     else:
         factor = None  # the shift is 0: no bias and a symmetric bound
         pool_f = pool
+    queries2 = queries * (1.0 / math.log(2.0))  # exp2(q2 . v) = exp(q . v)
 
-    def exp_tile(q, rows, cols, c0, c1):
-        e = torch.mm(q, pool[c0:c1].T, out=buffer[: q.shape[0] * (c1 - c0)].view(q.shape[0], c1 - c0)).exp_()
-        _mask_tile(e, rows, cols, c0, c1, single, 0.0)
-        return e
+    def exp_tile(q2, rows, cols, c0, c1):
+        c = q2.shape[0]
+        e = torch.mm(pool[c0:c1], q2.T, out=buffer[: c * (c1 - c0)].view(c1 - c0, c)).exp2_()
+        if rows.numel():
+            if not single:
+                inside = (cols >= c0) & (cols < c1)
+                rows, cols = rows[inside], cols[inside]
+            e.view(-1).index_fill_(0, (cols - c0) * c + rows, 0.0)
+        return e  # (c1 - c0, C)
 
     def row_sum(e, c0, c1):
-        return e.sum(dim=1) if factor is None else torch.mv(e, factor[c0:c1])
+        return e.sum(dim=0) if factor is None else torch.mv(e.T, factor[c0:c1])
 
     def accumulate(e, q, weight, c0, c1, r0, r1):
         if grad_q is not None:
             if single:
-                torch.mm(e, pool_f, out=grad_q[r0:r1])
+                torch.mm(e.T, pool_f, out=grad_q[r0:r1])
             else:
-                grad_q[r0:r1].addmm_(e, pool_f[c0:c1])
+                grad_q[r0:r1].addmm_(e.T, pool_f[c0:c1])
         if grad_pool is not None:
-            grad_pool[c0:c1].addmm_(e.T, q * weight[:, None])
+            grad_pool[c0:c1].addmm_(e, q * weight[:, None])
         if grad_bias is not None:
-            grad_bias[c0:c1].addmv_(e.T, weight)
+            grad_bias[c0:c1].addmv_(e, weight)
 
     total = queries.new_zeros(())
     for i, r0 in enumerate(starts):
         r1 = min(n, r0 + step)
-        q, pos = queries[r0:r1], pos_logit[r0:r1]
+        q, q2, pos = queries[r0:r1], queries2[r0:r1], pos_logit[r0:r1]
         rows, cols = mask_rows[edges[i] : edges[i + 1]] - r0, mask_cols[edges[i] : edges[i + 1]]
         pos_term = torch.exp(pos - shift) if include_pos else None
         run_sum = pos_term.clone() if include_pos else torch.zeros_like(pos)
         e = None
         for c0, c1 in blocks:
-            e = exp_tile(q, rows, cols, c0, c1)
+            e = exp_tile(q2, rows, cols, c0, c1)
             run_sum += row_sum(e, c0, c1)
         # With the positive in the sum, loss_r = log(run_sum / pos_term), taken as a difference of logs
         # (the ratio can overflow): exactly 0 for a row left with only its positive, as with a max shift.
@@ -438,7 +450,7 @@ def _fixed_shift_sweep(
             accumulate(e, q, weight, *blocks[0], r0, r1)
         elif not single:
             for c0, c1 in blocks:
-                accumulate(exp_tile(q, rows, cols, c0, c1), q, weight, c0, c1, r0, r1)
+                accumulate(exp_tile(q2, rows, cols, c0, c1), q, weight, c0, c1, r0, r1)
         if grad_q is not None:
             grad_q[r0:r1] *= weight[:, None]
     if factor is not None:
