@@ -400,59 +400,74 @@ def _fixed_shift_sweep(
         factor = None  # the shift is 0: no bias and a symmetric bound
         pool_f = pool
     queries2 = queries * (1.0 / math.log(2.0))  # exp2(q2 . v) = exp(q . v)
+    # Per-row work is done once for all rows, outside the tile loop (fewer small ops per tile). A masked
+    # pair (r, u) sits at (u - c0) * C + (r - r0) of its (c1 - c0, C) tile.
+    tile_rows = (n - (mask_rows // step) * step).clamp_(max=step)  # C of the pair's row tile
+    local_rows = mask_rows % step
+    flat_single = mask_cols * tile_rows + local_rows if single else None
+    pos_term = torch.exp(pos_logit - shift) if include_pos else None
+    row_sums = torch.zeros_like(pos_logit)  # sum_u exp(q_r . v_u) f_u; + pos_term with include_pos
 
-    def exp_tile(q2, rows, cols, c0, c1):
-        c = q2.shape[0]
-        e = torch.mm(pool[c0:c1], q2.T, out=buffer[: c * (c1 - c0)].view(c1 - c0, c)).exp2_()
-        if rows.numel():
-            if not single:
+    def weights_of(sums):
+        # d loss / d logit = scale * softmax; a row with nothing left (sum 0) gets 0, not nan.
+        return torch.where(sums > 0, scale / sums, torch.zeros_like(sums))
+
+    def exp_tile(i, r0, r1, c0, c1):
+        c = r1 - r0
+        e = torch.mm(pool[c0:c1], queries2[r0:r1].T, out=buffer[: c * (c1 - c0)].view(c1 - c0, c)).exp2_()
+        a, b = edges[i], edges[i + 1]
+        if b > a:
+            if single:
+                flat = flat_single[a:b]
+            else:
+                cols = mask_cols[a:b]
                 inside = (cols >= c0) & (cols < c1)
-                rows, cols = rows[inside], cols[inside]
-            e.view(-1).index_fill_(0, (cols - c0) * c + rows, 0.0)
+                flat = (cols[inside] - c0) * c + local_rows[a:b][inside]
+            e.view(-1).index_fill_(0, flat, 0.0)
         return e  # (c1 - c0, C)
 
-    def row_sum(e, c0, c1):
-        return e.sum(dim=0) if factor is None else torch.mv(e.T, factor[c0:c1])
-
-    def accumulate(e, q, weight, c0, c1, r0, r1):
+    def accumulate(e, weight, c0, c1, r0, r1):
         if grad_q is not None:
             if single:
                 torch.mm(e.T, pool_f, out=grad_q[r0:r1])
             else:
                 grad_q[r0:r1].addmm_(e.T, pool_f[c0:c1])
         if grad_pool is not None:
-            grad_pool[c0:c1].addmm_(e, q * weight[:, None])
+            grad_pool[c0:c1].addmm_(e, queries[r0:r1] * weight[:, None])
         if grad_bias is not None:
             grad_bias[c0:c1].addmv_(e, weight)
 
-    total = queries.new_zeros(())
     for i, r0 in enumerate(starts):
         r1 = min(n, r0 + step)
-        q, q2, pos = queries[r0:r1], queries2[r0:r1], pos_logit[r0:r1]
-        rows, cols = mask_rows[edges[i] : edges[i + 1]] - r0, mask_cols[edges[i] : edges[i + 1]]
-        pos_term = torch.exp(pos - shift) if include_pos else None
-        run_sum = pos_term.clone() if include_pos else torch.zeros_like(pos)
+        sums = row_sums[r0:r1]
         e = None
         for c0, c1 in blocks:
-            e = exp_tile(q2, rows, cols, c0, c1)
-            run_sum += row_sum(e, c0, c1)
-        # With the positive in the sum, loss_r = log(run_sum / pos_term), taken as a difference of logs
-        # (the ratio can overflow): exactly 0 for a row left with only its positive, as with a max shift.
-        loss = run_sum.log() - (pos_term.log() if include_pos else pos - shift)
-        total = total + loss.sum()
+            e = exp_tile(i, r0, r1, c0, c1)
+            if factor is None:
+                sums += e.sum(dim=0)
+            else:
+                sums.addmv_(e.T, factor[c0:c1])
         if not want_grads:
             continue
-        # d loss / d logit = scale * softmax; a row with nothing left (run_sum 0) gets 0, not nan.
-        weight = torch.where(run_sum > 0, scale / run_sum, torch.zeros_like(run_sum))
-        if grad_pos is not None:
-            grad_pos[r0:r1] = (pos_term * weight if include_pos else 0.0) - scale
+        if include_pos:
+            sums += pos_term[r0:r1]
+        weight = weights_of(sums) if grad_pool is not None or grad_bias is not None else None
         if single and e is not None:
-            accumulate(e, q, weight, *blocks[0], r0, r1)
+            accumulate(e, weight, *blocks[0], r0, r1)
         elif not single:
             for c0, c1 in blocks:
-                accumulate(exp_tile(q2, rows, cols, c0, c1), q, weight, c0, c1, r0, r1)
+                accumulate(exp_tile(i, r0, r1, c0, c1), weight, c0, c1, r0, r1)
+    if include_pos and not want_grads:
+        row_sums += pos_term
+    # With the positive in the sum, loss_r = log(row_sum / pos_term), taken as a difference of logs (the
+    # ratio can overflow): exactly 0 for a row left with only its positive, as with a max shift.
+    total = (row_sums.log() - (pos_term.log() if include_pos else pos_logit - shift)).sum()
+    if want_grads:
+        weight = weights_of(row_sums)
+        if grad_pos is not None:
+            grad_pos.copy_((pos_term * weight if include_pos else torch.zeros_like(weight)) - scale)
         if grad_q is not None:
-            grad_q[r0:r1] *= weight[:, None]
+            grad_q *= weight[:, None]
     if factor is not None:
         if grad_pool is not None:
             grad_pool *= factor[:, None]
