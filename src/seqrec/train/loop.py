@@ -13,6 +13,7 @@ Checkpoints hold the plain model, so a run resumes on any number of processes.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import math
@@ -58,6 +59,7 @@ from seqrec.train.sparse import check_sparse_setup, clip_grad_norm, make_optimiz
 log = logging.getLogger(__name__)
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoints")
+_DDP_ARGS = inspect.signature(DistributedDataParallel.__init__).parameters
 
 
 class RunDirError(ValueError):
@@ -399,9 +401,11 @@ def _train(
     step_module: nn.Module = _LossModule(torch.compile(model) if tc.compile else model, objective)
     if world > 1:
         # The model's buffers are constant feature tables (model/features.py), identical on every rank:
-        # re-broadcasting them before each step would only cost bandwidth.
+        # re-broadcasting them before each step would only cost bandwidth (they are synced once, at init).
+        # ``forward_sync_buffers`` (torch >= 2.13) replaces ``broadcast_buffers``, deprecated there.
+        no_sync = "forward_sync_buffers" if "forward_sync_buffers" in _DDP_ARGS else "broadcast_buffers"
         step_module = DistributedDataParallel(step_module, device_ids=[device.index] if device.type == "cuda" else None,
-                                              broadcast_buffers=False)
+                                              **{no_sync: False})
     pin = device.type == "cuda"
 
     def checkpoint_state() -> dict[str, Any]:
