@@ -69,7 +69,7 @@ def main() -> None:
         lines.append(f"| {name} | {', '.join(f'{v:.1f}' for v in values)} | {med:.1f} | {med / bce:.2f}x |")
     # Each repeat's InfoNCE epoch over the BCE epoch just before it: the two ran a minute apart, so a
     # slow phase of this shared machine that spans a whole repeat cancels out.
-    pairs = [i / b for b, i in zip(*times.values())]
+    pairs = [i / b for b, i in zip(*times.values(), strict=True)]
     lines.append(f"\nPer-repeat ratios (InfoNCE / the BCE epoch before it): {', '.join(f'{r:.2f}' for r in pairs)}; "
                  f"median {statistics.median(pairs):.2f}x.")
     text = "\n".join(lines) + "\n"

@@ -69,7 +69,7 @@ def main() -> None:
     kernels = {f"ref {args.ref}": load_revision(args.ref), "this tree": ours}
     (ref_out, ref_grads), (out, grads) = (run(m) for m in kernels.values())
     loss_err = float((out - ref_out).abs() / ref_out.abs())
-    grad_err = max(float((a - b).norm() / b.norm()) for a, b in zip(grads, ref_grads))
+    grad_err = max(float((a - b).norm() / b.norm()) for a, b in zip(grads, ref_grads, strict=True))
     times: dict[str, list[float]] = {name: [] for name in kernels}
     for _ in range(args.repeats):
         for name, module in kernels.items():
@@ -77,7 +77,7 @@ def main() -> None:
             run(module)
             times[name].append(time.perf_counter() - start)
     ref_t, our_t = times.values()
-    ratio = statistics.median(a / b for a, b in zip(ref_t, our_t))
+    ratio = statistics.median(a / b for a, b in zip(ref_t, our_t, strict=True))
     print(f"`python benchmarks/kernel_ab.py {' '.join(sys.argv[1:])}`\n")
     print(f"Machine: {platform.machine()}, {args.threads} threads, torch {torch.__version__}; "
           f"{n} rows x {u} pool ids, D={d}; forward + gradients, {args.repeats} interleaved repeats.\n")

@@ -406,7 +406,8 @@ def _fixed_shift_sweep(
     local_rows = mask_rows % step
     flat_single = mask_cols * tile_rows + local_rows if single else None
     pos_term = torch.exp(pos_logit - shift) if include_pos else None
-    row_sums = torch.zeros_like(pos_logit)  # sum_u exp(q_r . v_u) f_u; + pos_term with include_pos
+    # sum_u exp(q_r . v_u) f_u, plus pos_term with include_pos
+    row_sums = pos_term.clone() if include_pos else torch.zeros_like(pos_logit)
 
     def weights_of(sums):
         # d loss / d logit = scale * softmax; a row with nothing left (sum 0) gets 0, not nan.
@@ -449,16 +450,12 @@ def _fixed_shift_sweep(
                 sums.addmv_(e.T, factor[c0:c1])
         if not want_grads:
             continue
-        if include_pos:
-            sums += pos_term[r0:r1]
         weight = weights_of(sums) if grad_pool is not None or grad_bias is not None else None
         if single and e is not None:
             accumulate(e, weight, *blocks[0], r0, r1)
         elif not single:
             for c0, c1 in blocks:
                 accumulate(exp_tile(i, r0, r1, c0, c1), weight, c0, c1, r0, r1)
-    if include_pos and not want_grads:
-        row_sums += pos_term
     # With the positive in the sum, loss_r = log(row_sum / pos_term), taken as a difference of logs (the
     # ratio can overflow): exactly 0 for a row left with only its positive, as with a max shift.
     total = (row_sums.log() - (pos_term.log() if include_pos else pos_logit - shift)).sum()
