@@ -408,9 +408,14 @@ def _fixed_shift_sweep(
     pos_term = torch.exp(pos_logit - shift) if include_pos else None
     # sum_u exp(q_r . v_u) f_u, plus pos_term with include_pos
     row_sums = pos_term.clone() if include_pos else torch.zeros_like(pos_logit)
+    scaled_q = queries.new_empty((min(n, step), queries.shape[1])) if grad_pool is not None else None
 
     def weights_of(sums):
-        # d loss / d logit = scale * softmax; a row with nothing left (sum 0) gets 0, not nan.
+        # d loss / d logit = scale * softmax. With the positive in the sum, every row sum is at least
+        # pos_term > 0 (its exponent is within +-limit); otherwise a row with nothing left (sum 0) gets 0,
+        # not nan.
+        if include_pos:
+            return sums.reciprocal().mul_(scale)
         return torch.where(sums > 0, scale / sums, torch.zeros_like(sums))
 
     def exp_tile(i, r0, r1, c0, c1):
@@ -434,7 +439,7 @@ def _fixed_shift_sweep(
             else:
                 grad_q[r0:r1].addmm_(e.T, pool_f[c0:c1])
         if grad_pool is not None:
-            grad_pool[c0:c1].addmm_(e, queries[r0:r1] * weight[:, None])
+            grad_pool[c0:c1].addmm_(e, torch.mul(queries[r0:r1], weight[:, None], out=scaled_q[: r1 - r0]))
         if grad_bias is not None:
             grad_bias[c0:c1].addmv_(e, weight)
 
@@ -679,20 +684,25 @@ def infonce_loss(
 
     dtype = _compute_dtype(seq_embs.dtype)
     inv_tau = 1.0 / temperature
-    batch_idx, pos_idx = mask.nonzero(as_tuple=True)
-    y = pos_ids[batch_idx, pos_idx]
-    q = F.normalize(seq_embs[batch_idx, pos_idx].to(dtype), dim=-1, eps=_NORM_EPS) * inv_tau
-    p_raw = pos_embs[batch_idx, pos_idx].to(dtype)
+    _, length, d = seq_embs.shape
+    k = neg_ids.shape[2]
+    # Valid positions as flat indices b * L + l: index_select's backward (index_add) costs about half of
+    # the index_put that two-index gathering needs (BENCHMARKS.md, issue 3).
+    flat = mask.reshape(-1).nonzero().squeeze(1)
+    batch_idx = flat // length
+    y = pos_ids.reshape(-1)[flat]
+    q = F.normalize(seq_embs.reshape(-1, d).index_select(0, flat).to(dtype), dim=-1, eps=_NORM_EPS) * inv_tau
+    p_raw = pos_embs.reshape(-1, d).index_select(0, flat).to(dtype)
     pos_logit = (q * F.normalize(p_raw, dim=-1, eps=_NORM_EPS)).sum(dim=-1)
 
     # Sampled negatives of valid positions, row-major (b, l, k), without padding ids.
-    cand_ids = neg_ids[batch_idx, pos_idx].reshape(-1)
-    cand_vecs = neg_embs[batch_idx, pos_idx].reshape(-1, neg_embs.shape[-1])
+    flat_neg = (flat[:, None] * k + torch.arange(k, device=flat.device)).reshape(-1)
+    cand_ids = neg_ids.reshape(-1)[flat_neg]
     entries = (cand_ids != 0).nonzero(as_tuple=True)[0]
     if pool_size is not None:
         entries = entries[sample_pool_indices(entries.numel(), pool_size, generator, entries.device)]
     pool, bias, keys = _build_pool(
-        cand_vecs[entries].to(dtype),
+        neg_embs.reshape(-1, d).index_select(0, flat_neg[entries]).to(dtype),
         cand_ids[entries],
         p_raw if extra_pos_negatives else None,
         y if extra_pos_negatives else None,
@@ -708,7 +718,7 @@ def infonce_loss(
     # q, the pool and the positives are unit vectors scaled by 1/temperature: the constant-shift path.
     bound = _cosine_logit_bound(temperature)
     if weights is not None:
-        return weighted_ce_sum(_softmax_ce_sum, weights[batch_idx, pos_idx], q, pos_logit, pool, bias, rows, cols,
+        return weighted_ce_sum(_softmax_ce_sum, weights.reshape(-1)[flat], q, pos_logit, pool, bias, rows, cols,
                                include_pos=True, chunk_size=chunk_size, distributed=use_dist, logit_bound=bound)
     return _softmax_ce_sum(
         q, pos_logit, pool, bias, rows, cols, include_pos=True, scale=scale, chunk_size=chunk_size,
@@ -750,9 +760,11 @@ def full_softmax_loss(
     if n == 0:
         return _zero_loss(seq_embs, item_table, temperature)
     dtype = _compute_dtype(seq_embs.dtype)
-    batch_idx, pos_idx = mask.nonzero(as_tuple=True)
-    y = pos_ids[batch_idx, pos_idx]
-    q = F.normalize(seq_embs[batch_idx, pos_idx].to(dtype), dim=-1, eps=_NORM_EPS) * (1.0 / temperature)
+    _, length, d = seq_embs.shape
+    flat = mask.reshape(-1).nonzero().squeeze(1)  # valid positions, b * L + l
+    batch_idx = flat // length
+    y = pos_ids.reshape(-1)[flat]
+    q = F.normalize(seq_embs.reshape(-1, d).index_select(0, flat).to(dtype), dim=-1, eps=_NORM_EPS) * (1.0 / temperature)
     items = F.normalize(item_table[1:].to(dtype), dim=-1, eps=_NORM_EPS)
     pos_logit = (q * items[y - 1]).sum(dim=-1)
     if history_ids is None:
@@ -764,7 +776,7 @@ def full_softmax_loss(
         cols = hist[rows, j] - 1
     bound = _cosine_logit_bound(temperature)
     if weights is not None:
-        return weighted_ce_sum(_softmax_ce_sum, weights[batch_idx, pos_idx], q, pos_logit, items, None, rows, cols,
+        return weighted_ce_sum(_softmax_ce_sum, weights.reshape(-1)[flat], q, pos_logit, items, None, rows, cols,
                                include_pos=False, chunk_size=chunk_size, logit_bound=bound)
     return _softmax_ce_sum(
         q, pos_logit, items, None, rows, cols, include_pos=False, scale=1.0 / n, chunk_size=chunk_size,
