@@ -433,6 +433,25 @@ def test_duplicates_are_grouped():
     assert torch.allclose(pool[1], F.normalize(vecs[0], dim=0))
 
 
+def test_zero_vectors_follow_f_normalize():
+    # A zero query, and an item whose embedding is zero (as a positive and as a negative), are scored as
+    # F.normalize defines them (zero stays zero, x / max(||x||, eps)): same loss and gradients as the
+    # dense reference, all finite.
+    seq, pos, neg, mask, pos_ids, neg_ids, table, *_ = make_batch(3, 3, 5, 4, 2, 6, p_valid=1.0)
+    zero_id = int(neg_ids[0, 0, 0]) or 1
+    with torch.no_grad():
+        seq[0, 0] = 0.0
+        pos[pos_ids == zero_id] = 0.0
+        neg[neg_ids == zero_id] = 0.0
+    assert bool((pos_ids == zero_id).any()) and bool((neg_ids == zero_id).any())
+    ours = infonce_loss(seq, pos, neg, mask, pos_ids, neg_ids, 0.1)
+    assert torch.isfinite(ours)
+    check_loss_and_grads(ours, reference_infonce(seq, pos, neg, mask, pos_ids, neg_ids, 0.1), [seq, pos, neg])
+    full = full_softmax_loss(seq, table.index_fill(0, torch.tensor([zero_id]), 0.0), mask, pos_ids, 0.1)
+    ref_full = reference_full(seq, table.index_fill(0, torch.tensor([zero_id]), 0.0), mask, pos_ids, 0.1)
+    check_loss_and_grads(full, ref_full, [seq])
+
+
 def test_zero_valid_batch_is_zero_and_backward_works():
     seq, pos, neg, mask, pos_ids, neg_ids, table, *_ = make_batch(0, 2, 3, 4, 2, 5, p_valid=0.0)
     temperature = torch.tensor(0.1, requires_grad=True)

@@ -580,9 +580,9 @@ def _build_pool(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Group pool entries by (id, segment): one normalised vector and a log-count bias per group.
 
-    The group vector is ``normalize(sum of the group's raw vectors)``, equal to any member's normalised
+    The group vector is ``normalize(mean of the group's raw vectors)``, equal to any member's normalised
     vector when the members are equal, and its backward gives each member the same share, as the
-    ungrouped softmax does.
+    ungrouped softmax does (zero vectors included).
 
     Args:
         neg_vecs: (P, D) raw sampled-negative vectors; neg_ids: (P,) their ids (> 0).
@@ -606,7 +606,9 @@ def _build_pool(
         keys, inverse = torch.unique(meta[:, 0], sorted=True, return_inverse=True)
         counts = torch.zeros_like(keys).index_add_(0, inverse, meta[:, 1])
         sums = sums.new_zeros((keys.numel(), sums.shape[1])).index_add(0, inverse, sums)
-    pool = _unit_rows(sums)
+    # The mean, not the sum: equal for unit-norm results, and at a zero vector (where the gradient of the
+    # normalisation is 1/eps) each member still gets 1/count of the group's gradient, as when ungrouped.
+    pool = _unit_rows(sums / counts.to(sums.dtype)[:, None])
     bias = counts.to(pool.dtype).log()
     if pos_vecs is not None:
         is_pos = keys % 2 == 1
