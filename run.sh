@@ -4,7 +4,7 @@
 # e.g. ./run.sh --data ../shared/data/ml-1m/ml-1m.txt.xz --config configs/ml-1m.yaml
 set -euo pipefail
 cd "$(dirname "$0")"
-. scripts/setup-env.sh
+. scripts/setup-env.sh ""   # the explicit "": sourced without arguments, it would see run.sh's own
 
 out="runs/run-$(date +%Y%m%d-%H%M%S)"
 args=("$@")
