@@ -175,6 +175,24 @@ def _unit_rows(x: torch.Tensor, scale: float | torch.Tensor = 1.0) -> torch.Tens
     return x * (scale / _row_norms(x))[:, None]
 
 
+def _valid_queries(
+    seq_embs: torch.Tensor, mask: torch.Tensor, pos_ids: torch.Tensor, scale: float | torch.Tensor, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The valid positions of a (B, L) ``mask`` and their queries.
+
+    Positions are gathered by flat index ``b * L + l`` with ``index_select``, whose backward (an
+    ``index_add``) costs about half of the ``index_put`` of two-index gathering (BENCHMARKS.md, issue 3).
+
+    Returns:
+        ``(flat, batch_idx, y, q)``: (N,) flat indices, (N,) their batch rows, (N,) positive ids and
+        (N, D) queries ``scale * normalize(seq_embs)`` in ``dtype``.
+    """
+    _, length, d = seq_embs.shape
+    flat = mask.reshape(-1).nonzero().squeeze(1)
+    q = _unit_rows(seq_embs.reshape(-1, d).index_select(0, flat).to(dtype), scale)
+    return flat, flat // length, pos_ids.reshape(-1)[flat], q
+
+
 def _pair_edges(mask_rows: torch.Tensor, starts: list[int], n: int) -> list[int]:
     """Offsets into the row-sorted mask pairs at every row-tile boundary (one host sync per call)."""
     bounds = torch.tensor([*starts, n], dtype=mask_rows.dtype, device=mask_rows.device)
@@ -696,14 +714,8 @@ def infonce_loss(
 
     dtype = _compute_dtype(seq_embs.dtype)
     inv_tau = 1.0 / temperature
-    _, length, d = seq_embs.shape
-    k = neg_ids.shape[2]
-    # Valid positions as flat indices b * L + l: index_select's backward (index_add) costs about half of
-    # the index_put that two-index gathering needs (BENCHMARKS.md, issue 3).
-    flat = mask.reshape(-1).nonzero().squeeze(1)
-    batch_idx = flat // length
-    y = pos_ids.reshape(-1)[flat]
-    q = _unit_rows(seq_embs.reshape(-1, d).index_select(0, flat).to(dtype), inv_tau)
+    d, k = seq_embs.shape[2], neg_ids.shape[2]
+    flat, batch_idx, y, q = _valid_queries(seq_embs, mask, pos_ids, inv_tau, dtype)
     p_raw = pos_embs.reshape(-1, d).index_select(0, flat).to(dtype)
     pos_logit = (q * p_raw).sum(dim=-1) / _row_norms(p_raw)
 
@@ -772,11 +784,7 @@ def full_softmax_loss(
     if n == 0:
         return _zero_loss(seq_embs, item_table, temperature)
     dtype = _compute_dtype(seq_embs.dtype)
-    _, length, d = seq_embs.shape
-    flat = mask.reshape(-1).nonzero().squeeze(1)  # valid positions, b * L + l
-    batch_idx = flat // length
-    y = pos_ids.reshape(-1)[flat]
-    q = _unit_rows(seq_embs.reshape(-1, d).index_select(0, flat).to(dtype), 1.0 / temperature)
+    flat, batch_idx, y, q = _valid_queries(seq_embs, mask, pos_ids, 1.0 / temperature, dtype)
     items = _unit_rows(item_table[1:].to(dtype))
     pos_logit = (q * items[y - 1]).sum(dim=-1)
     if history_ids is None:
