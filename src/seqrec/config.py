@@ -139,7 +139,14 @@ class TrainConfig:
     seed: int = 42  # seeds data order, negatives, initialisation and dropout
     eval_every: int = 1  # validate every N epochs
     patience: int = 5  # stop after this many validations without improvement (0 = never stop early)
-    max_minutes: float | None = None  # wall-clock budget for training (None = unlimited)
+    # Wall-clock budget of the whole command in minutes, validation and the final test included (None =
+    # unlimited): no epoch starts that, at the pace of the last one (training + validation), would end
+    # past the budget less the time the final test evaluation is expected to take. On resume it counts on.
+    max_minutes: float | None = None
+    # Users per batch of similar training length: shuffled users are cut into chunks of this many batches,
+    # each chunk sorted by length (data/batches.py), so short-history batches carry little padding.
+    # 0 = uniformly shuffled batches. The epoch still visits every user once.
+    length_buckets: int = 0
     checkpoint_every_steps: int = 0  # also save `last` every N steps inside an epoch (0 = at epoch ends only)
     device: str = "auto"  # auto | cpu | cuda | cuda:N (under torchrun: auto/cuda = cuda:LOCAL_RANK)
     num_threads: int = 0  # torch intra-op threads on CPU (0 = torch default)
@@ -167,6 +174,10 @@ class TrainConfig:
         _check_choice("train.precision", self.precision, ("fp32", "bf16"))
         if self.num_workers < 0:
             raise ConfigError(f"train.num_workers must be >= 0, got {self.num_workers}")
+        if self.length_buckets < 0:
+            raise ConfigError(f"train.length_buckets must be >= 0, got {self.length_buckets}")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise ConfigError(f"train.max_minutes must be > 0 or null, got {self.max_minutes}")
 
 
 @dataclass(frozen=True)

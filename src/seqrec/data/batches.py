@@ -187,6 +187,10 @@ class BatchBuilder:
         maxlen: window length L.
         negatives_per_position: K.
         trim: drop leading columns that are padding in every row of a batch (exact; see ``build``).
+        length_buckets: 0 = batches of uniformly shuffled users; N > 0 = shuffled users are cut into
+            chunks of N batches, each chunk sorted by training length and cut into batches, and the
+            batches shuffled: rows of a batch then have similar lengths, so trimming removes most padding
+            (``epoch_order``). Same users per epoch, same batch size; only who shares a batch changes.
         actions: optional (N,) action type per event, aligned with ``items``; gives ``Batch.pos_actions``.
     """
 
@@ -200,7 +204,10 @@ class BatchBuilder:
         negatives_per_position: int = 1,
         trim: bool = True,
         actions: np.ndarray | None = None,
+        length_buckets: int = 0,
     ):
+        if length_buckets < 0:
+            raise ValueError(f"length_buckets must be >= 0, got {length_buckets}")
         self.offsets = offsets
         self.items = items
         self.train_lengths = train_lengths
@@ -208,16 +215,33 @@ class BatchBuilder:
         self.maxlen = maxlen
         self.k = negatives_per_position
         self.trim = trim
+        self.length_buckets = length_buckets
         self.actions = actions  # (N,) action type per event, aligned with items; gives Batch.pos_actions
         self.users = np.flatnonzero(train_lengths >= 2).astype(np.int64)  # need at least one (input, next) pair
         self.seen = UserItemSet(offsets, items, train_lengths, num_items)
-        self._order_cache: tuple[tuple[int, int], np.ndarray] | None = None
+        self._order_cache: tuple[tuple[int, int, int], np.ndarray] | None = None
 
     def num_batches(self, batch_size: int) -> int:
         return -(-len(self.users) // batch_size)
 
-    def epoch_order(self, seed: int, epoch: int) -> np.ndarray:
-        return np.random.default_rng([seed, epoch]).permutation(self.users)
+    def epoch_order(self, seed: int, epoch: int, batch_size: int = 0) -> np.ndarray:
+        """The users of ``epoch`` in batch order: ``order[s * batch_size:(s + 1) * batch_size]`` is batch s.
+
+        With ``length_buckets`` (and a ``batch_size``) every full batch holds users of similar training
+        length; only the epoch's last batch may be partial, and it stays last.
+        """
+        rng = np.random.default_rng([seed, epoch])
+        order = rng.permutation(self.users)
+        if not self.length_buckets or batch_size <= 0 or len(order) <= batch_size:
+            return order
+        chunk = batch_size * self.length_buckets
+        lengths = np.minimum(self.train_lengths[order], self.maxlen + 1)
+        for start in range(0, len(order), chunk):
+            part = slice(start, start + chunk)
+            order[part] = order[part][np.argsort(lengths[part], kind="stable")]
+        full = len(order) // batch_size
+        batches = order[: full * batch_size].reshape(full, batch_size)[rng.permutation(full)]
+        return np.concatenate([batches.reshape(-1), order[full * batch_size :]])
 
     def build(self, users: np.ndarray, rng: np.random.Generator) -> Batch:
         starts = self.offsets[users]
@@ -251,13 +275,13 @@ class BatchBuilder:
         """Batch number ``step`` of ``epoch``; deterministic in (seed, epoch, step)."""
         if order is None:
             # One permutation per epoch, not per call (1M users: ~15 ms, the cost of a whole batch).
-            if self._order_cache is None or self._order_cache[0] != (seed, epoch):
-                self._order_cache = ((seed, epoch), self.epoch_order(seed, epoch))
+            if self._order_cache is None or self._order_cache[0] != (seed, epoch, batch_size):
+                self._order_cache = ((seed, epoch, batch_size), self.epoch_order(seed, epoch, batch_size))
             order = self._order_cache[1]
         users = order[step * batch_size : (step + 1) * batch_size]
         return self.build(users, np.random.default_rng([seed, epoch, step, 1]))
 
     def epoch(self, seed: int, epoch: int, batch_size: int, start_step: int = 0) -> Iterator[Batch]:
-        order = self.epoch_order(seed, epoch)
+        order = self.epoch_order(seed, epoch, batch_size)
         for step in range(start_step, self.num_batches(batch_size)):
             yield self.batch(seed, epoch, step, batch_size, order)

@@ -85,9 +85,12 @@ def model_ranks(
     maxlen = model.config.maxlen
     items = model.item_embeddings().to(device)
     out = np.empty(len(users), dtype=np.int64)
+    # Users sorted by history length share a batch with users of similar length, so trimming the batch
+    # to its longest history removes nearly all padding (the ranks are exact either way).
+    by_length = np.argsort(lengths, kind="stable")
     batches = range(0, len(users), config.batch_size)
     for start in tqdm(batches, desc=f"evaluate {stage}", disable=not progress, leave=False):
-        sl = slice(start, start + config.batch_size)
+        sl = by_length[start : start + config.batch_size]
         u, n = users[sl], lengths[sl]
         starts = inter.offsets[u]
         width = int(min(max(n.max(initial=1), 1), maxlen))  # padding-invariant encoder: trim to the longest

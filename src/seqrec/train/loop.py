@@ -185,7 +185,7 @@ class _RankBatches(Dataset):
                  rank: int, world: int):
         self.builder, self.seed, self.epoch, self.batch_size = builder, seed, epoch, batch_size
         self.start_step, self.rank, self.world = start_step, rank, world
-        self.order = builder.epoch_order(seed, epoch)
+        self.order = builder.epoch_order(seed, epoch, batch_size)
 
     def __len__(self) -> int:
         return self.builder.num_batches(self.batch_size) - self.start_step
@@ -334,6 +334,7 @@ def _train(
     features: FeatureSet | None = None,
 ) -> TrainResult:
     """The body of :func:`train` on one rank of ``world`` (1 = a single process)."""
+    command_started = time.perf_counter()  # train.max_minutes counts from here, data reading included
     # Only checks here: --overwrite deletes the old run once the data below has proved readable.
     _on_rank0(lambda: check_run_dir(run_dir, resume=resume, overwrite=overwrite), rank, world)
     tc = config.train
@@ -354,6 +355,7 @@ def _train(
     builder = BatchBuilder(
         inter.offsets, inter.items, split.train_lengths, inter.num_items, config.model.maxlen,
         config.loss.negatives_per_position, actions=inter.actions if config.loss.action_weights else None,
+        length_buckets=tc.length_buckets,
     )
     if config.loss.action_weights and inter.actions is None:
         raise ValueError("loss.action_weights needs the action type of every event (e.g. TAAC data); this data has none")
@@ -374,6 +376,9 @@ def _train(
 
     epoch, epoch_step, step = 0, 0, 0
     best_metric, best_epoch, bad_evals, train_seconds = -math.inf, -1, 0, 0.0
+    best_valid: dict[str, float] | None = None
+    wall_before = 0.0  # wall-clock seconds of earlier invocations (resume)
+    eval_seconds = 0.0  # duration of the last validation: the test evaluation at the end costs about as much
     metrics_path = run_dir / "metrics.jsonl"
     if resume:
         state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
@@ -386,6 +391,9 @@ def _train(
         epoch, epoch_step, step = state["epoch"], state["epoch_step"], state["step"]
         best_metric, best_epoch, bad_evals = state["best_metric"], state["best_epoch"], state["bad_evals"]
         train_seconds = state["train_seconds"]
+        wall_before = state.get("wall_seconds", train_seconds)
+        best_valid = state.get("best_valid")
+        eval_seconds = state.get("eval_seconds", 0.0)
         if rank == 0:
             _truncate_metrics(metrics_path, step)
             log.info("resumed %s at epoch %d step %d on %d process(es)", run_dir, epoch, epoch_step, world)
@@ -408,6 +416,13 @@ def _train(
                                               **{no_sync: False})
     pin = device.type == "cuda"
 
+    budget = None if tc.max_minutes is None else tc.max_minutes * 60.0
+
+    def wall_seconds() -> float:
+        """Seconds this run has taken so far, earlier invocations included (the same on every rank)."""
+        now = wall_before + time.perf_counter() - command_started
+        return _from_rank0(now, device) if world > 1 else now
+
     def checkpoint_state() -> dict[str, Any]:
         return {
             "model": model.state_dict(),
@@ -421,6 +436,9 @@ def _train(
             "best_epoch": best_epoch,
             "bad_evals": bad_evals,
             "train_seconds": train_seconds,
+            "wall_seconds": wall_seconds(),
+            "best_valid": best_valid,
+            "eval_seconds": eval_seconds,
             "config": config_to_dict(config),
             "similarity": similarity,
             "num_items": inter.num_items,
@@ -431,9 +449,14 @@ def _train(
     # ---- epochs
     select = config.eval.select_metric
     stop = tc.patience > 0 and bad_evals >= tc.patience
+    last_epoch_wall = 0.0  # training + validation of the last epoch
     while epoch < tc.epochs and not stop:
+        if budget is not None and epoch > 0 and wall_seconds() + last_epoch_wall + eval_seconds > budget:
+            # The next epoch, at the last one's pace, and the test evaluation would end past the budget.
+            break
         model.train()
         started = time.perf_counter()
+        out_of_time = False
         loader = DataLoader(
             _RankBatches(builder, tc.seed, epoch, tc.batch_size, epoch_step, rank, world),
             batch_size=None, num_workers=tc.num_workers, pin_memory=pin,
@@ -470,6 +493,11 @@ def _train(
             loss_sum += loss_value
             loss_count += 1
             bar.set_postfix(loss=f"{loss_sum / loss_count:.4f}", seq_s=f"{sequences / (time.perf_counter() - started):.0f}")
+            if budget is not None and (epoch_step % 16 == 0 or world == 1):
+                # A long epoch is cut short when validation and the test evaluation would no longer fit.
+                out_of_time = wall_seconds() + 2 * eval_seconds >= budget
+                if out_of_time:
+                    break
             if (rank == 0 and tc.checkpoint_every_steps and step % tc.checkpoint_every_steps == 0
                     and epoch_step < steps_per_epoch):
                 train_seconds_now = train_seconds + time.perf_counter() - started
@@ -479,7 +507,7 @@ def _train(
             epoch_seconds = _from_rank0(epoch_seconds, device)  # the time budget must stop every rank alike
         train_seconds += epoch_seconds
         epoch += 1
-        epoch_step = 0
+        epoch_step = 0  # a budget stop inside the epoch ends the run: its remaining steps are never needed
         record: dict[str, Any] = {
             "epoch": epoch, "step": step, "train_loss": loss_sum / max(loss_count, 1),
             "epoch_seconds": epoch_seconds, "train_seconds": train_seconds, "lr": lr, "world_size": world,
@@ -487,20 +515,26 @@ def _train(
         if objective.log_temperature is not None:
             record["temperature"] = objective.temperature.detach().item()
         improved = False
-        if epoch % config.train.eval_every == 0 or epoch == tc.epochs:
+        if epoch % config.train.eval_every == 0 or epoch == tc.epochs or out_of_time or best_epoch < 0 and budget is not None:
+            eval_started = time.perf_counter()
             valid = _evaluate(model, split, "valid", similarity, config.eval, device, rank, world)
+            eval_seconds = time.perf_counter() - eval_started
             record["valid"] = valid
+            record["eval_seconds"] = eval_seconds
             if valid[select] > best_metric:
                 best_metric, best_epoch, bad_evals, improved = valid[select], epoch, 0, True
+                best_valid = valid
             else:
                 bad_evals += 1
             stop = tc.patience > 0 and bad_evals >= tc.patience
             if rank == 0:
                 log.info("epoch %d: loss %.4f, valid %s %.4f (best %.4f at %d), %.1fs", epoch,
                          record["train_loss"], select, valid[select], best_metric, best_epoch, epoch_seconds)
-        if tc.max_minutes is not None and train_seconds >= tc.max_minutes * 60:
+        last_epoch_wall = time.perf_counter() - started
+        record["wall_seconds"] = wall_seconds()
+        if budget is not None and (out_of_time or record["wall_seconds"] + last_epoch_wall + eval_seconds > budget):
             stop = True
-            record["stopped"] = "time budget"
+            record["stopped"] = "time budget" + (" (inside the epoch)" if out_of_time else "")
         if rank == 0:
             state = checkpoint_state()
             if improved:
@@ -517,11 +551,13 @@ def _train(
         dist.barrier(device_ids=[device.index] if device.type == "cuda" else None)  # rank 0 has written best.pt
     best = load_checkpoint(run_dir / "checkpoints" / "best.pt")
     model.load_state_dict(best["model"])
-    valid_best = _evaluate(model, split, "valid", similarity, config.eval, device, rank, world)
+    valid_best = best_valid if best_valid is not None else _evaluate(
+        model, split, "valid", similarity, config.eval, device, rank, world)
     test = _evaluate(model, split, "test", similarity, config.eval, device, rank, world)
     pop = evaluate_popularity(split, "test", config.eval)
     results = {
         "best_epoch": best_epoch, "epochs_run": epoch, "train_seconds": train_seconds,
+        "wall_seconds": wall_seconds(),
         "valid": valid_best, "test": test, "popularity": {"test": pop},
     }
     text = json.dumps(results, indent=2) + "\n"
