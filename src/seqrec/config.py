@@ -94,7 +94,7 @@ class ModelConfig:
 class LossConfig:
     """Training objective and its negatives."""
 
-    name: str = "infonce"  # infonce (the design note: cosine, in-batch pooled negatives) | bce (original SASRec)
+    name: str = "infonce"  # infonce (the design note: cosine, in-batch pooled negatives) | bce (original SASRec) | gbce (gSASRec: calibrated BCE, dot product)
     temperature: float = 0.07  # InfoNCE logit temperature (> 0)
     learnable_temperature: bool = False  # learn the temperature, kept within [min_temperature, 1]
     min_temperature: float = 0.01  # lower bound of a learnable temperature
@@ -103,12 +103,13 @@ class LossConfig:
     mode: str = "pool"  # pool (the note) | full (whole-catalogue softmax) | auto (full when catalogue < pool)
     extra_pos_negatives: bool = False  # add other rows' positives to the pool, logQ-corrected
     history_mask: bool = False  # mask pool entries that are in the row's own user history
+    gbce_t: float = 0.75  # gbce calibration in [0, 1]: 0 = plain BCE, 1 = fully calibrated (gSASRec's ML-1M value 0.75)
     # Weight of a position by the action type of its positive (exposure, click, conversion); the loss is
     # the weighted mean over valid positions (0 drops a type). None: unweighted. Needs actions (TAAC data).
     action_weights: tuple[float, float, float] | None = None
 
     def __post_init__(self) -> None:
-        _check_choice("loss.name", self.name, ("infonce", "bce"))
+        _check_choice("loss.name", self.name, ("infonce", "bce", "gbce"))
         _check_choice("loss.mode", self.mode, ("pool", "full", "auto"))
         if self.temperature <= 0:
             raise ConfigError(f"loss.temperature must be > 0, got {self.temperature}")
@@ -118,7 +119,9 @@ class LossConfig:
             raise ConfigError(f"loss.negatives_per_position must be >= 1, got {self.negatives_per_position}")
         if self.pool_size is not None and self.pool_size < 1:
             raise ConfigError(f"loss.pool_size must be >= 1 or null, got {self.pool_size}")
-        if self.name == "bce" and (self.mode != "pool" or self.extra_pos_negatives or self.learnable_temperature):
+        if not 0.0 <= self.gbce_t <= 1.0:
+            raise ConfigError(f"loss.gbce_t must be in [0, 1], got {self.gbce_t}")
+        if self.name in ("bce", "gbce") and (self.mode != "pool" or self.extra_pos_negatives or self.learnable_temperature):
             raise ConfigError("loss.mode, loss.extra_pos_negatives and loss.learnable_temperature apply to infonce only")
         if self.action_weights is not None and (min(self.action_weights) < 0 or max(self.action_weights) <= 0):
             raise ConfigError(f"loss.action_weights must be >= 0 with one > 0, got {self.action_weights}")

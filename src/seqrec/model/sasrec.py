@@ -196,4 +196,4 @@ def score_items(user_vecs: torch.Tensor, item_vecs: torch.Tensor, similarity: st
 
 def similarity_for_loss(loss_name: str) -> str:
     """The similarity a model trained with ``loss_name`` must be served with."""
-    return {"infonce": "cosine", "bce": "dot"}[loss_name]
+    return {"infonce": "cosine", "bce": "dot", "gbce": "dot"}[loss_name]
