@@ -39,7 +39,7 @@ from seqrec.config import load_config
 from seqrec.data.batches import left_padded_windows
 from seqrec.data.dataset import Interactions
 from seqrec.data.features import read_dataset
-from seqrec.data.taac import write_taac_synthetic
+from seqrec.data.taac.synthetic import write_taac_synthetic
 from seqrec.retrieval.recommend import load_model
 from seqrec.retrieval.taac import taac_infer
 from seqrec.train.loop import train

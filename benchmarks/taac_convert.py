@@ -25,7 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from seqrec.data.taac import read_taac, read_taac_predict, write_taac_synthetic
+from seqrec.data.taac.predict import read_taac_predict
+from seqrec.data.taac.reader import read_taac
+from seqrec.data.taac.synthetic import write_taac_synthetic
 
 
 def _timed(fn):

@@ -121,7 +121,7 @@ def test_malicious_pickle_through_safe_load_pickle(tmp_path):
 
 
 def test_malicious_offsets_pickle_through_the_taac_reader(tmp_path):
-    taac = pytest.importorskip("seqrec.data.taac", reason="seqrec.data.taac not written yet")
+    taac = pytest.importorskip("seqrec.data.taac.reader", reason="seqrec.data.taac not written yet")
     marker = tmp_path / "pwned"
     path = tmp_path / "seq_offsets.pkl"
     path.write_bytes(pickle.dumps([0, 10, Payload(marker)]))

@@ -17,18 +17,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from seqrec.data import taac
 from seqrec.data.safe_pickle import UnsafePickleError, safe_load_pickle
-from seqrec.data.taac import (
-    TaacFormatError,
-    competition_score,
-    hit_ndcg_at_10,
-    read_seq_offsets,
-    read_taac,
-    read_taac_predict,
-    read_taac_targets,
-    write_taac_synthetic,
-)
+from seqrec.data.taac import item_features, layout
+from seqrec.data.taac.item_features import read_item_features
+from seqrec.data.taac.layout import TaacFormatError
+from seqrec.data.taac.predict import read_taac_predict, read_taac_targets
+from seqrec.data.taac.reader import read_seq_offsets, read_taac
+from seqrec.data.taac.scoring import competition_score, hit_ndcg_at_10
+from seqrec.data.taac.synthetic import write_taac_synthetic
 
 # ----------------------------------------------------------------------------------------------------
 # Helpers
@@ -154,10 +150,10 @@ def test_round_trip_profile_records_sit_anywhere(synthetic):
 def test_round_trip_item_and_user_features(synthetic):
     dirs, data = synthetic
     items = json.loads((dirs.train / "item_feat_dict.json").read_text())
-    assert set(data.item_sparse) == set(taac.ITEM_SPARSE_FEATURES)
+    assert set(data.item_sparse) == set(layout.ITEM_SPARSE_FEATURES)
     missing = 0
     for key, features in items.items():
-        for feature in taac.ITEM_SPARSE_FEATURES:
+        for feature in layout.ITEM_SPARSE_FEATURES:
             expected = features.get(feature, 0)
             missing += expected == 0
             assert data.item_sparse[feature][int(key)] == expected
@@ -166,15 +162,15 @@ def test_round_trip_item_and_user_features(synthetic):
         assert column.shape == (201,) and column[0] == 0
 
     lines = _lines(dirs.train / "seq.jsonl")
-    assert set(data.user_sparse) == set(taac.USER_SPARSE_FEATURES)
-    assert set(data.user_array) == set(taac.USER_ARRAY_FEATURES)
+    assert set(data.user_sparse) == set(layout.USER_SPARSE_FEATURES)
+    assert set(data.user_array) == set(layout.USER_ARRAY_FEATURES)
     for row, line in enumerate(lines):
         profile = _profile(line)
-        for feature in taac.USER_SPARSE_FEATURES:
+        for feature in layout.USER_SPARSE_FEATURES:
             assert data.user_sparse[feature][row] == profile[feature]
-        for feature in taac.USER_ARRAY_FEATURES:
+        for feature in layout.USER_ARRAY_FEATURES:
             assert _csr_row(data.user_array[feature], row) == profile[feature]
-    for feature in (*taac.ITEM_SPARSE_FEATURES, *taac.USER_SPARSE_FEATURES):
+    for feature in (*layout.ITEM_SPARSE_FEATURES, *layout.USER_SPARSE_FEATURES):
         column = data.item_sparse.get(feature, data.user_sparse.get(feature))
         assert data.feature_cardinality[feature] >= column.max() + 1
 
@@ -232,8 +228,8 @@ def test_seq_offsets_point_at_line_starts(synthetic):
 def test_item_feat_dict_parses_across_block_boundaries(synthetic, monkeypatch):
     dirs, data = synthetic
     for block in (1, 7, 64):
-        monkeypatch.setattr(taac, "_READ_BLOCK", block)
-        columns = taac._read_item_features(dirs.train / "item_feat_dict.json", data.num_items, progress=False)
+        monkeypatch.setattr(item_features, "READ_BLOCK", block)
+        columns = read_item_features(dirs.train / "item_feat_dict.json", data.num_items, progress=False)
         sparse, _, _ = columns.finish(data.num_items + 1, ())
         for feature, column in data.item_sparse.items():
             np.testing.assert_array_equal(sparse[feature], column)

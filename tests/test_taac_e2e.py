@@ -7,7 +7,7 @@ import json
 import pytest
 
 from seqrec.cli import main
-from seqrec.data.taac import read_taac_targets
+from seqrec.data.taac.predict import read_taac_targets
 from seqrec.train.checkpoint import load_checkpoint
 
 SMALL = [

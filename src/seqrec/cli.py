@@ -211,7 +211,7 @@ def cmd_taac_infer(args: argparse.Namespace) -> int:
 
 
 def cmd_taac_generate(args: argparse.Namespace) -> int:
-    from seqrec.data.taac import write_taac_synthetic
+    from seqrec.data.taac.synthetic import write_taac_synthetic
 
     dirs = write_taac_synthetic(args.out, num_users=args.users, num_items=args.items, seed=args.seed,
                                 mean_length=args.mean_length, progress=not args.quiet)

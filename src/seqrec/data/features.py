@@ -512,7 +512,7 @@ def concat_items(base: FeatureSet, new: FeatureSet) -> FeatureSet:
 def read_dataset(config: DataConfig, *, progress: bool = False) -> tuple[Interactions, FeatureSet | None]:
     """Interactions and side features of ``config``; a TAAC directory is read once for both."""
     if _is_taac(config):
-        from seqrec.data.taac import read_taac
+        from seqrec.data.taac.reader import read_taac
 
         if config.kcore > 1:
             raise ValueError(f"{config.path}: data.kcore is not applied to TAAC data")

@@ -30,16 +30,10 @@ from tqdm.auto import tqdm
 from seqrec.config import config_from_dict
 from seqrec.data.batches import left_padded_windows
 from seqrec.data.features import FeatureSet, concat_items, csr_take, taac_features
-from seqrec.data.taac import (
-    PREDICT_TARGETS_FILE,
-    TaacData,
-    TaacPredict,
-    competition_score,
-    hit_ndcg_at_10,
-    read_taac,
-    read_taac_predict,
-    read_taac_targets,
-)
+from seqrec.data.taac.layout import PREDICT_TARGETS_FILE
+from seqrec.data.taac.predict import TaacPredict, read_taac_predict, read_taac_targets
+from seqrec.data.taac.reader import TaacData, read_taac
+from seqrec.data.taac.scoring import competition_score, hit_ndcg_at_10
 from seqrec.model.features import model_from_state
 from seqrec.retrieval.index import IndexConfig, build_index, search
 from seqrec.train.checkpoint import load_checkpoint
