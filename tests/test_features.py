@@ -13,13 +13,9 @@ import torch.nn.functional as F
 from seqrec.config import DataConfig, LossConfig, ModelConfig
 from seqrec.data.batches import BatchBuilder
 from seqrec.data.dataset import Interactions
-from seqrec.data.features import (
-    FeatureSet,
-    beauty_features,
-    csr_from_lists,
-    ml1m_features,
-    read_features,
-)
+from seqrec.data.feature_set import FeatureSet, csr_from_lists
+from seqrec.data.features import read_features
+from seqrec.data.side_features import beauty_features, ml1m_features
 from seqrec.losses import bce_loss, full_softmax_loss, infonce_loss
 from seqrec.model.features import build_model, model_from_state
 from seqrec.train.objective import Objective, _candidate_vectors

@@ -16,8 +16,9 @@ from seqrec.cli import main
 from seqrec.config import DataConfig
 from seqrec.data.batches import left_padded_windows
 from seqrec.data.dataset import Interactions
-from seqrec.data.features import item_attribute_features, read_item_features
+from seqrec.data.features import read_item_features
 from seqrec.data.readers import read_interactions
+from seqrec.data.side_features import item_attribute_features
 from seqrec.data.synthetic import generate_synthetic
 from seqrec.retrieval.ids import read_candidate_values
 from seqrec.retrieval.recommend import load_model, recommend_batches, resolve_candidates

@@ -309,9 +309,9 @@ def read_interactions(config: DataConfig) -> Interactions:
     if not path.exists():
         raise FileNotFoundError(f"data file not found: {path}")
     if config.format == "taac" or (config.format == "auto" and (path / "seq.jsonl").is_file()):
-        from seqrec.data.features import read_dataset  # one TAAC reader for interactions and features
+        from seqrec.data.taac.dataset import read_taac_dataset  # interactions and features in one read
 
-        return read_dataset(config)[0]
+        return read_taac_dataset(config)[0]
     if config.format == "seqrec" or (config.format == "auto" and path.is_dir()):
         from seqrec.data.storage import is_interactions_dir, load_interactions
 

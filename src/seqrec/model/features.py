@@ -34,7 +34,7 @@ from torch import nn
 
 from seqrec.config import ModelConfig
 from seqrec.data.dataset import PAD_ID
-from seqrec.data.features import FeatureSet, concat_items
+from seqrec.data.feature_set import FeatureSet, concat_items
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,8 @@ from tqdm.auto import tqdm
 
 from seqrec.config import config_from_dict
 from seqrec.data.batches import left_padded_windows
-from seqrec.data.features import FeatureSet, concat_items, csr_take, taac_features
+from seqrec.data.feature_set import FeatureSet, concat_items, csr_take
+from seqrec.data.taac.dataset import taac_features
 from seqrec.data.taac.layout import PREDICT_TARGETS_FILE
 from seqrec.data.taac.predict import TaacPredict, read_taac_predict, read_taac_targets
 from seqrec.data.taac.reader import TaacData, read_taac
