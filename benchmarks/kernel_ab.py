@@ -1,6 +1,6 @@
 """The InfoNCE loss of this tree against the one of an earlier git revision, in the same run.
 
-``--scope kernel`` (default) times ``_softmax_ce_sum`` (forward + every gradient) on a real ML-1M batch
+``--scope kernel`` (default) times the kernel (``infonce_kernel.softmax_ce_sum``) (forward + every gradient) on a real ML-1M batch
 shape: ~13,500 valid positions against a ~3,300-id pool with log-count biases and one accidental hit per
 row, D=64, temperature 0.07. ``--scope loss --data ML-1M`` times the whole ``infonce_loss`` (gathers,
 normalisation, pool grouping, kernel, backward down to the sequence outputs and the item table) on the
@@ -33,16 +33,46 @@ import seqrec.losses.infonce as ours
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def load_revision(rev: str):
-    """``seqrec.losses.infonce`` as it was at git revision ``rev``, imported under another name."""
-    source = subprocess.run(["git", "show", f"{rev}:src/seqrec/losses/infonce.py"], cwd=ROOT, check=True,
-                            capture_output=True, text=True).stdout
-    path = Path(tempfile.mkdtemp()) / f"infonce_{rev}.py"
+def _git_source(rev: str, path: str) -> str | None:
+    done = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=ROOT, capture_output=True, text=True)
+    return done.stdout if done.returncode == 0 else None
+
+
+def _load_source(name: str, source: str):
+    path = Path(tempfile.mkdtemp()) / f"{name}.py"
     path.write_text(source)
-    spec = importlib.util.spec_from_file_location(f"infonce_{rev}", path)
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def load_revision(rev: str):
+    """``seqrec.losses.infonce`` as it was at git revision ``rev``, imported under another name.
+
+    Since the kernel moved to ``infonce_kernel.py``, the revision's kernel is loaded first and stands in
+    for ``seqrec.losses.infonce_kernel`` while the revision's ``infonce.py`` is imported.
+    """
+    kernel_source = _git_source(rev, "src/seqrec/losses/infonce_kernel.py")
+    source = _git_source(rev, "src/seqrec/losses/infonce.py")
+    if source is None:
+        raise SystemExit(f"revision {rev} has no src/seqrec/losses/infonce.py")
+    if kernel_source is None:
+        return _load_source(f"infonce_{rev}", source)
+    current = sys.modules.get("seqrec.losses.infonce_kernel")
+    sys.modules["seqrec.losses.infonce_kernel"] = _load_source(f"infonce_kernel_{rev}", kernel_source)
+    try:
+        return _load_source(f"infonce_{rev}", source)
+    finally:
+        if current is None:
+            del sys.modules["seqrec.losses.infonce_kernel"]
+        else:
+            sys.modules["seqrec.losses.infonce_kernel"] = current
+
+
+def _kernel(module):
+    """The kernel of an ``infonce`` module: imported from ``infonce_kernel`` now, private before the split."""
+    return getattr(module, "softmax_ce_sum", None) or module._softmax_ce_sum
 
 
 def kernel_case(args):
@@ -57,8 +87,8 @@ def kernel_case(args):
     inputs = (q, pos, pool, bias)
 
     def run(module):
-        out = module._softmax_ce_sum(q, pos, pool, bias, rows, cols, include_pos=True, scale=1 / n,
-                                     chunk_size=4096, logit_bound=1.001 / tau)
+        out = _kernel(module)(q, pos, pool, bias, rows, cols, include_pos=True, scale=1 / n,
+                                chunk_size=4096, logit_bound=1.001 / tau)
         return out.detach(), torch.autograd.grad(out, inputs)
 
     return f"the kernel, {n} rows x {u} pool ids, D={d}", run

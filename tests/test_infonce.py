@@ -11,15 +11,15 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import seqrec.losses.infonce as infonce_module
+import seqrec.losses.infonce_kernel as kernel_module
 from seqrec.losses.infonce import (
     _build_pool,
-    _softmax_ce_sum,
     choose_infonce_mode,
     full_softmax_loss,
     infonce_loss,
     sample_pool_indices,
 )
+from seqrec.losses.infonce_kernel import softmax_ce_sum
 
 RTOL = 1e-5
 PROPERTY = settings(max_examples=50, deadline=None)
@@ -111,7 +111,7 @@ def make_batch(seed, B, L, D, K, num_items, *, neg_3d=False, p_valid=0.6, dtype=
 
 def column_blocks(factor):
     """Tiles span ``factor * chunk_size`` pool columns: small factors force the two-sweep column path."""
-    return mock.patch.object(infonce_module, "_COL_BLOCK_FACTOR", factor)
+    return mock.patch.object(kernel_module, "_COL_BLOCK_FACTOR", factor)
 
 
 def assert_close(a, b, what=""):
@@ -247,7 +247,7 @@ def test_streamed_sum_gradcheck_with_masks_and_blocks(include_pos):
     # (two-sweep path); chunk 3 and 100 take one block.
     for chunk in (1, 2, 3, 100):
         fn = functools.partial(
-            _softmax_ce_sum,
+            softmax_ce_sum,
             mask_rows=rows,
             mask_cols=cols,
             include_pos=include_pos,
@@ -262,7 +262,7 @@ def test_streamed_sum_gradcheck_with_masks_and_blocks(include_pos):
 
 
 def dense_ce_sum(q, pos, pool, bias, rows, cols, include_pos, scale):
-    """Reference for _softmax_ce_sum: the whole masked logits matrix at once."""
+    """Reference for softmax_ce_sum: the whole masked logits matrix at once."""
     logits = q @ pool.T + (0 if bias is None else bias)
     logits = logits.index_put((rows, cols), torch.tensor(float("-inf"), dtype=q.dtype))
     if include_pos:
@@ -292,7 +292,7 @@ def test_streamed_sum_bias_paths(kind, col_factor):
     inputs = [q, pos, pool] + ([bias] if kind == "learnable" else [])
     for include_pos in (True, False):
         with column_blocks(col_factor):
-            ours = _softmax_ce_sum(
+            ours = softmax_ce_sum(
                 q, pos, pool, bias, rows, cols, include_pos=include_pos, scale=0.25, chunk_size=2
             )
         ref = dense_ce_sum(q, pos, pool, bias, rows, cols, include_pos, 0.25)
@@ -330,13 +330,13 @@ def test_fixed_shift_path_matches_running_max_and_reference(dtype, kind, col_fac
     cols = torch.tensor([1, 36, 0, 5, 5, 20, 2, 3])  # a duplicate pair too
     inputs = [q, pos, pool] + ([bias] if kind == "learnable" else [])
     kw = dict(include_pos=include_pos, scale=0.3, chunk_size=4)
-    assert infonce_module._fixed_shift(1.001 / tau, bias, u, dtype, 0.3) is not None
+    assert kernel_module._fixed_shift(1.001 / tau, bias, u, dtype, 0.3) is not None
     with column_blocks(col_factor), mock.patch.object(
-        infonce_module, "_fixed_shift_sweep", wraps=infonce_module._fixed_shift_sweep
+        kernel_module, "_fixed_shift_sweep", wraps=kernel_module._fixed_shift_sweep
     ) as sweep:
-        fixed = _softmax_ce_sum(q, pos, pool, bias, rows, cols, logit_bound=1.001 / tau, **kw)
+        fixed = softmax_ce_sum(q, pos, pool, bias, rows, cols, logit_bound=1.001 / tau, **kw)
         assert sweep.call_count == 1
-        general = _softmax_ce_sum(q, pos, pool, bias, rows, cols, **kw)
+        general = softmax_ce_sum(q, pos, pool, bias, rows, cols, **kw)
         assert sweep.call_count == 1
     wide = [t.double() if t is not None else None for t in (q, pos, pool, bias)]
     ref = dense_ce_sum(*wide, rows, cols, include_pos, 0.3)
@@ -354,23 +354,23 @@ def test_fixed_shift_path_matches_running_max_and_reference(dtype, kind, col_fac
 
 def test_fixed_shift_falls_back_when_not_provably_safe():
     f32, bias = torch.float32, torch.tensor([0.0, 3.0, -2.0])
-    assert infonce_module._fixed_shift(1 / 0.07, bias, 3, f32, 1.0) == pytest.approx(0.5)
-    assert infonce_module._fixed_shift(1 / 0.07, None, 3, f32, 1.0) == 0.0
-    assert infonce_module._fixed_shift(None, bias, 3, f32, 1.0) is None  # no guarantee
-    assert infonce_module._fixed_shift(1 / 0.01, bias, 3, f32, 1.0) is None  # |logit| 100: exp overflows
-    assert infonce_module._fixed_shift(1 / 0.01, bias, 3, torch.float64, 1.0) is not None
-    assert infonce_module._fixed_shift(1 / 0.02, bias + 30, 3, f32, 1.0) is None  # range 2 * 50 + 35
-    assert infonce_module._fixed_shift(1 / 0.07, bias, 3, torch.float16, 1.0) is None
-    assert infonce_module._fixed_shift(float("nan"), bias, 3, f32, 1.0) is None
-    assert infonce_module._fixed_shift(1 / 0.07, torch.tensor([0.0, float("inf")]), 2, f32, 1.0) is None
-    assert infonce_module._fixed_shift(1 / 0.07, None, 3, f32, 1e30) is None  # absurd scale
+    assert kernel_module._fixed_shift(1 / 0.07, bias, 3, f32, 1.0) == pytest.approx(0.5)
+    assert kernel_module._fixed_shift(1 / 0.07, None, 3, f32, 1.0) == 0.0
+    assert kernel_module._fixed_shift(None, bias, 3, f32, 1.0) is None  # no guarantee
+    assert kernel_module._fixed_shift(1 / 0.01, bias, 3, f32, 1.0) is None  # |logit| 100: exp overflows
+    assert kernel_module._fixed_shift(1 / 0.01, bias, 3, torch.float64, 1.0) is not None
+    assert kernel_module._fixed_shift(1 / 0.02, bias + 30, 3, f32, 1.0) is None  # range 2 * 50 + 35
+    assert kernel_module._fixed_shift(1 / 0.07, bias, 3, torch.float16, 1.0) is None
+    assert kernel_module._fixed_shift(float("nan"), bias, 3, f32, 1.0) is None
+    assert kernel_module._fixed_shift(1 / 0.07, torch.tensor([0.0, float("inf")]), 2, f32, 1.0) is None
+    assert kernel_module._fixed_shift(1 / 0.07, None, 3, f32, 1e30) is None  # absurd scale
     # A learnable temperature that went cold: infonce_loss takes the running-max path, still exact.
     seq, pos, neg, mask, pos_ids, neg_ids, *_ = make_batch(2, 4, 5, 3, 2, 9, p_valid=1.0)
     seq, pos, neg = (t.float().detach().requires_grad_() for t in (seq, pos, neg))
     for tau, fixed_calls in ((0.07, 1), (0.01, 0)):
         temperature = torch.tensor(tau, requires_grad=True)
         with mock.patch.object(
-            infonce_module, "_fixed_shift_sweep", wraps=infonce_module._fixed_shift_sweep
+            kernel_module, "_fixed_shift_sweep", wraps=kernel_module._fixed_shift_sweep
         ) as sweep:
             ours = infonce_loss(seq, pos, neg, mask, pos_ids, neg_ids, temperature)
         assert sweep.call_count == fixed_calls
@@ -383,7 +383,7 @@ def test_full_softmax_uses_the_fixed_shift():
     seq, _, _, mask, pos_ids, *_ = make_batch(2, 4, 5, 3, 2, 9, p_valid=1.0)
     table = torch.randn(10, seq.shape[-1], dtype=seq.dtype)
     with mock.patch.object(
-        infonce_module, "_fixed_shift_sweep", wraps=infonce_module._fixed_shift_sweep
+        kernel_module, "_fixed_shift_sweep", wraps=kernel_module._fixed_shift_sweep
     ) as sweep:
         full_softmax_loss(seq, table, mask, pos_ids, 0.07)
     assert sweep.call_count == 1
@@ -397,7 +397,7 @@ def test_row_with_every_pool_column_masked_keeps_only_its_positive():
     # Row 0 has every pool column masked: only its positive is left, loss 0 and zero gradient.
     for chunk in (1, 4):
         with column_blocks(1):
-            out = _softmax_ce_sum(
+            out = softmax_ce_sum(
                 q, pos, pool, None, torch.tensor([0, 0]), torch.tensor([0, 1]), chunk_size=chunk, **kw
             )
         (g_q, g_pool) = torch.autograd.grad(out, (q, pool))
