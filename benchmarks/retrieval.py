@@ -1,7 +1,7 @@
 """Benchmark exact, HNSW and IVF top-10 retrieval on a clustered synthetic catalogue.
 
 For every catalogue size: build time, queries/s of one batch search of all queries through
-``seqrec.retrieval.index.search`` (median over repeats) and recall@10 against exact search. At the
+``seqrec.retrieval.search.search`` (median over repeats) and recall@10 against exact search. At the
 largest size it also sweeps HNSW efSearch and IVF nprobe and reports the setting with the largest
 speed-up over exact search among those with recall@10 >= 0.95, against the target of >= 10x.
 
@@ -36,7 +36,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from seqrec.retrieval.index import IndexConfig, build_index, load_index, save_index, search
+from seqrec.retrieval.index import IndexConfig, build_index, load_index, save_index
+from seqrec.retrieval.search import search
 
 K = 10
 RECALL_TARGET = 0.95

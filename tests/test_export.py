@@ -18,9 +18,9 @@ from seqrec.data.batches import left_padded_windows
 from seqrec.data.readers import read_interactions
 from seqrec.retrieval.export import export_embeddings, read_export_meta
 from seqrec.retrieval.fbin import read_fbin, read_ids_u64
-from seqrec.retrieval.index import search
 from seqrec.retrieval.recommend import load_model
 from seqrec.retrieval.run_index import index_config, run_index
+from seqrec.retrieval.search import search
 from seqrec.train.checkpoint import load_checkpoint, save_checkpoint
 from seqrec.train.loop import train
 from tests.conftest import tiny_config

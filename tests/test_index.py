@@ -8,9 +8,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import seqrec.retrieval.index as index_module
+import seqrec.retrieval.search as search_module
 from seqrec.retrieval.fbin import read_fbin, read_ids_u64, write_fbin, write_ids_u64
-from seqrec.retrieval.index import IndexConfig, build_index, load_index, save_index, search
+from seqrec.retrieval.index import IndexConfig, build_index, load_index, save_index
+from seqrec.retrieval.search import search
 
 K = 10
 
@@ -119,7 +120,7 @@ def test_exclude_falls_back_to_exact_when_ann_runs_short(catalogue):
 def test_allowed_restricts_results(catalogue, indexes, kind, n_allowed, monkeypatch):
     x, q = catalogue
     # Force the ID-selector path for the largest subset (the sub-index path covers the others).
-    monkeypatch.setattr(index_module, "_SUBINDEX_MAX_ROWS", 1_000)
+    monkeypatch.setattr(search_module, "_SUBINDEX_MAX_ROWS", 1_000)
     allowed = np.random.default_rng(3).choice(len(x), size=n_allowed, replace=False)
     scores, ids = search(indexes[kind], q, K, allowed=allowed)
     valid = ids >= 0

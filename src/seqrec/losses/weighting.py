@@ -1,4 +1,4 @@
-"""Weighted means of the streamed softmax cross-entropy (``infonce.py``), without per-row losses.
+"""Weighted means of the streamed softmax cross-entropy (``infonce_kernel.py``), without per-row losses.
 
 The streamed kernel returns ``scale * sum_r loss_r`` and fuses its gradients into the forward pass, so
 it never materialises the per-row losses a weighted mean would multiply. A weighted mean is instead a
@@ -35,7 +35,7 @@ def weighted_ce_sum(
     """``sum_r w_r * loss_r / sum_r w_r`` (times ``world_size`` over the global weight sum when distributed).
 
     Args:
-        ce_sum: the streamed kernel, ``infonce._softmax_ce_sum``.
+        ce_sum: the streamed kernel, ``infonce_kernel.softmax_ce_sum``.
         row_weights: (N,) non-negative weight of each query row.
         queries, pos_logit, pool, bias, mask_rows, mask_cols: as for ``ce_sum`` (mask pairs sorted by row).
         include_pos, chunk_size, logit_bound: as for ``ce_sum``.

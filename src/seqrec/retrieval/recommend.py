@@ -36,7 +36,8 @@ from seqrec.data.features import read_dataset, read_item_features
 from seqrec.model.features import embed_unseen_items, model_from_state, reload_vectors
 from seqrec.model.sasrec import SASRec
 from seqrec.retrieval.ids import ItemLookup, shown
-from seqrec.retrieval.index import IndexConfig, build_index, search
+from seqrec.retrieval.index import IndexConfig, build_index
+from seqrec.retrieval.search import search
 from seqrec.train.checkpoint import CheckpointError, ids_from_list, load_checkpoint
 
 log = logging.getLogger(__name__)

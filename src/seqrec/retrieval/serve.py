@@ -44,9 +44,9 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StringConstraints, ValidationError
 
 from seqrec.retrieval.ids import ItemLookup
-from seqrec.retrieval.index import search
 from seqrec.retrieval.recommend import LoadedModel, load_model
 from seqrec.retrieval.run_index import KINDS, run_index
+from seqrec.retrieval.search import search
 
 log = logging.getLogger(__name__)
 

@@ -36,7 +36,8 @@ from seqrec.data.taac.predict import TaacPredict, read_taac_predict, read_taac_t
 from seqrec.data.taac.reader import TaacData, read_taac
 from seqrec.data.taac.scoring import competition_score, hit_ndcg_at_10
 from seqrec.model.features import model_from_state
-from seqrec.retrieval.index import IndexConfig, build_index, search
+from seqrec.retrieval.index import IndexConfig, build_index
+from seqrec.retrieval.search import search
 from seqrec.train.checkpoint import load_checkpoint
 
 
