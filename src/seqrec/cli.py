@@ -187,6 +187,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from seqrec.report import write_report
+
+    out = args.out or str(Path(args.runs[0]) / ("report" if len(args.runs) == 1 else "report-overlay"))
+    png, page = write_report(args.runs, out)
+    print(f"wrote {png} and {page}")
+    return 0
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from seqrec.data.scale import generate_tencentgr_like
 
@@ -297,6 +306,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--access-log", action="store_true", help="log every request")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("report", help="training curves, test metrics and config of runs: one PNG and an HTML page")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories; several overlay, one colour each")
+    p.add_argument("--out", help="output path without suffix; writes OUT.png and OUT.html (default: RUN/report, "
+                   "or RUN1/report-overlay for several runs)")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("generate", help="write TencentGR-like synthetic data in the compact seqrec form")
     p.add_argument("--out", required=True, help="output directory (seqrec interactions format)")
