@@ -488,7 +488,9 @@ def test_choose_infonce_mode():
     assert choose_infonce_mode("full", 10**7, 10) == "full"
     assert choose_infonce_mode("auto", 3416, 12800) == "full"
     assert choose_infonce_mode("auto", 5_000_000, 12800) == "pool"
-    assert choose_infonce_mode("auto", 100, 100) == "pool"
+    assert choose_infonce_mode("auto", 65_536, 100) == "full"  # a catalogue the full softmax affords
+    assert choose_infonce_mode("auto", 65_537, 100) == "pool"
+    assert choose_infonce_mode("auto", 100_000, 200_000) == "full"  # smaller than the pool
     with pytest.raises(ValueError):
         choose_infonce_mode("dense", 1, 1)
 

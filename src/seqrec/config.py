@@ -28,7 +28,7 @@ class DataConfig:
 
     path: str | None = None  # interaction log; None = the built-in synthetic dataset
     format: str = "auto"  # auto | sasrec | csv | tsv | parquet | seqrec (auto: by suffix, .txt -> sasrec; a directory -> seqrec, see data/storage.py)
-    # taac: a TAAC 2025 training directory (data/taac.py); auto picks it for a directory holding seq.jsonl
+    # taac: a TAAC 2025 training directory (data/taac/); auto picks it for a directory holding seq.jsonl
     # Side features (data/features.py). None: the ones the data carries (a TAAC directory's; other formats
     # have none) | "none": none | "ml-1m": movies.dat/users.dat/sas_to_original_*.txt next to data.path |
     # "beauty": Beauty_item2attributes.json next to data.path | "taac": the TAAC directory's own | a path:
@@ -57,11 +57,15 @@ class DataConfig:
 class ModelConfig:
     """SASRec encoder shape."""
 
-    maxlen: int = 200  # number of most recent items the encoder sees (positions)
+    # number of most recent items the encoder sees (positions); None = from the data (train/auto.py:
+    # the median training-history length rounded up to a multiple of 10, within [50, 200])
+    maxlen: int | None = None
     hidden_dim: int = 64  # embedding and transformer width
     num_blocks: int = 2  # transformer blocks
     num_heads: int = 1  # attention heads; must divide hidden_dim
-    dropout: float = 0.2  # dropout on embeddings, attention and feed-forward
+    # dropout on embeddings, attention and feed-forward; None = from the data (train/auto.py: 0.5 when the
+    # median training history is shorter than 20 items, else 0.2)
+    dropout: float | None = None
     norm_first: bool = True  # pre-LN (True) or the original post-LN (False)
     tied_embeddings: bool = True  # score candidates with the input item table (False: a separate output table)
     # Side features (model/features.py); they need data.features. The item tower embeds every item, on the
@@ -74,13 +78,13 @@ class ModelConfig:
     vector_buffer_max_dim: int = 256  # item vectors up to this dim live in the checkpoint; wider ones are re-read from data.features at load
 
     def __post_init__(self) -> None:
-        if self.maxlen < 1:
+        if self.maxlen is not None and self.maxlen < 1:
             raise ConfigError(f"model.maxlen must be >= 1, got {self.maxlen}")
         if self.hidden_dim < 1 or self.num_blocks < 1 or self.num_heads < 1:
             raise ConfigError("model.hidden_dim, model.num_blocks and model.num_heads must be >= 1")
         if self.hidden_dim % self.num_heads:
             raise ConfigError(f"model.num_heads ({self.num_heads}) must divide model.hidden_dim ({self.hidden_dim})")
-        if not 0.0 <= self.dropout < 1.0:
+        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
         _check_choice("model.user_features", self.user_features, ("none", "token", "add"))
         _check_choice("model.tower_activation", self.tower_activation, ("relu", "gelu", "none"))
@@ -132,7 +136,9 @@ class TrainConfig:
     """Optimisation and the training schedule."""
 
     epochs: int = 200  # maximum number of epochs
-    batch_size: int = 128  # sequences per optimizer step, over all ranks (the global batch)
+    # sequences per optimizer step, over all ranks (the global batch); None = from the data (train/auto.py:
+    # the largest power of two <= training users / 150, within [32, 256])
+    batch_size: int | None = None
     lr: float = 1e-3  # peak learning rate
     weight_decay: float = 0.0  # AdamW decoupled weight decay (0 = plain Adam behaviour)
     betas: tuple[float, float] = (0.9, 0.98)  # Adam betas
@@ -163,7 +169,7 @@ class TrainConfig:
     sparse_embeddings: bool = False
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or self.eval_every < 1:
+        if self.epochs < 1 or (self.batch_size is not None and self.batch_size < 1) or self.eval_every < 1:
             raise ConfigError("train.epochs, train.batch_size and train.eval_every must be >= 1")
         if self.lr <= 0:
             raise ConfigError(f"train.lr must be > 0, got {self.lr}")

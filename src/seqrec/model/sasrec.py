@@ -94,6 +94,8 @@ class SASRec(nn.Module):
         self.num_items = num_items
         self.config = config
         d = config.hidden_dim
+        if config.maxlen is None or config.dropout is None:
+            raise ValueError("model.maxlen and model.dropout must be set (train/auto.py fills them from the data)")
         if item_tower is not None and not config.tied_embeddings:
             raise ValueError("an item tower embeds inputs and candidates alike; it needs model.tied_embeddings")
         if (user_tower is None) != (config.user_features == "none"):

@@ -52,6 +52,7 @@ from seqrec.train.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from seqrec.train.auto import resolve_auto
 from seqrec.train.objective import Objective
 from seqrec.train.schedule import learning_rate, seed_everything
 from seqrec.train.sparse import check_sparse_setup, clip_grad_norm, make_optimizer
@@ -60,6 +61,7 @@ log = logging.getLogger(__name__)
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoints")
 _DDP_ARGS = inspect.signature(DistributedDataParallel.__init__).parameters
+LOG_EVERY_SECONDS = 30.0  # without a progress bar, a progress line at most this often inside an epoch
 
 
 class RunDirError(ValueError):
@@ -215,6 +217,13 @@ def _evaluate(
     return ranking_metrics(gathered.cpu().numpy(), config.ks)
 
 
+def _clock(seconds: float) -> str:
+    """``75`` -> ``1:15``; ``3725`` -> ``1:02:05``."""
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
 def check_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> bool:
     """Raises RunDirError if ``run_dir`` cannot be used as asked; changes nothing. Returns: it holds a run."""
     if resume and overwrite:
@@ -310,10 +319,12 @@ def train(
         command: the command line, recorded in the run directory.
     """
     rank, world, device, created = join_process_group(config.train.device)
+    # A bar redraws itself on a terminal; in a file or a pipe every redraw would be a line of its own, so
+    # there the loop writes a progress line every LOG_EVERY_SECONDS and one per epoch instead.
+    bar = progress and rank == 0 and sys.stderr.isatty()
     try:
         return _train(config, Path(run_dir), rank, world, device, resume=resume, overwrite=overwrite,
-                      progress=progress and rank == 0, interactions=interactions, command=command,
-                      features=features)
+                      progress=bar, interactions=interactions, command=command, features=features)
     finally:
         if created:
             dist.destroy_process_group()
@@ -352,6 +363,10 @@ def _train(
         inter = interactions
         features = features if features is not None else read_features(config.data, inter)
     split = leave_one_out(inter)
+    config, chosen = resolve_auto(config, split.train_lengths)
+    tc = config.train
+    if chosen and rank == 0:
+        log.info("chosen from the data (train/auto.py): %s", ", ".join(f"{k}={v}" for k, v in chosen.items()))
     builder = BatchBuilder(
         inter.offsets, inter.items, split.train_lengths, inter.num_items, config.model.maxlen,
         config.loss.negatives_per_position, actions=inter.actions if config.loss.action_weights else None,
@@ -469,6 +484,7 @@ def _train(
             disable=not progress, leave=False, unit="batch",
         )
         loss_sum, loss_count, sequences = 0.0, 0, 0
+        logged_at = started
         for batch in bar:
             batch = batch.to(device, non_blocking=pin)
             lr = learning_rate(step, total_steps, tc)
@@ -492,7 +508,15 @@ def _train(
             epoch_step += 1
             loss_sum += loss_value
             loss_count += 1
-            bar.set_postfix(loss=f"{loss_sum / loss_count:.4f}", seq_s=f"{sequences / (time.perf_counter() - started):.0f}")
+            now = time.perf_counter()
+            seq_s = sequences / max(now - started, 1e-9)
+            if progress:
+                bar.set_postfix(loss=f"{loss_sum / loss_count:.4f}", seq_s=f"{seq_s:.0f}")
+            elif rank == 0 and now - logged_at >= LOG_EVERY_SECONDS:
+                logged_at = now
+                eta = (steps_per_epoch - epoch_step) * (now - started) / max(loss_count, 1)
+                log.info("epoch %d/%d step %d/%d: loss %.4f, %.0f seq/s, epoch ends in %s", epoch + 1, tc.epochs,
+                         epoch_step, steps_per_epoch, loss_sum / loss_count, seq_s, _clock(eta))
             if budget is not None and (epoch_step % 16 == 0 or world == 1):
                 # A long epoch is cut short when validation and the test evaluation would no longer fit.
                 out_of_time = wall_seconds() + 2 * eval_seconds >= budget
@@ -528,8 +552,10 @@ def _train(
                 bad_evals += 1
             stop = tc.patience > 0 and bad_evals >= tc.patience
             if rank == 0:
-                log.info("epoch %d: loss %.4f, valid %s %.4f (best %.4f at %d), %.1fs", epoch,
-                         record["train_loss"], select, valid[select], best_metric, best_epoch, epoch_seconds)
+                log.info("epoch %d: loss %.4f, valid %s %.4f (best %.4f at %d), %.1fs training + %.1fs validation, "
+                         "%.0f seq/s, %s elapsed", epoch, record["train_loss"], select, valid[select], best_metric,
+                         best_epoch, epoch_seconds, eval_seconds, sequences / max(epoch_seconds, 1e-9),
+                         _clock(wall_before + time.perf_counter() - command_started))
         last_epoch_wall = time.perf_counter() - started
         record["wall_seconds"] = wall_seconds()
         if budget is not None and (out_of_time or record["wall_seconds"] + last_epoch_wall + eval_seconds > budget):
