@@ -39,6 +39,12 @@ class DataConfig:
     time_col: str | None = None  # optional timestamp column; events are stably sorted by it per user
     kcore: int = 0  # iterative k-core filter on users and items (0 = off)
     on_bad_line: str = "error"  # error | skip: skipping reports the count, never silently
+    # How events become training data and validation/test targets (data/split.py). loo: leave-one-out, each
+    # user's last event tests and the one before validates | time: one global cut in time for every user
+    # (needs timestamps: data.time_col or TAAC data); events before the validation cut train
+    split: str = "loo"
+    split_quantiles: tuple[float, float] = (0.8, 0.9)  # split=time: shares of all events (by time) before the validation and the test cut
+    split_times: tuple[float, float] | None = None  # split=time: explicit (validation, test) cut timestamps in the data's unit; overrides split_quantiles
     # built-in synthetic data (used when path is None)
     synthetic_users: int = 2000
     synthetic_items: int = 400
@@ -47,6 +53,11 @@ class DataConfig:
     def __post_init__(self) -> None:
         _check_choice("data.format", self.format, ("auto", "sasrec", "csv", "tsv", "parquet", "seqrec", "taac"))
         _check_choice("data.on_bad_line", self.on_bad_line, ("error", "skip"))
+        _check_choice("data.split", self.split, ("loo", "time"))
+        if not 0 < self.split_quantiles[0] < self.split_quantiles[1] < 1:
+            raise ConfigError(f"data.split_quantiles must satisfy 0 < validation < test < 1, got {self.split_quantiles}")
+        if self.split_times is not None and not self.split_times[0] < self.split_times[1]:
+            raise ConfigError(f"data.split_times: the validation cut must come before the test cut, got {self.split_times}")
         if self.kcore < 0:
             raise ConfigError(f"data.kcore must be >= 0, got {self.kcore}")
         if self.synthetic_users < 1 or self.synthetic_items < 2:
@@ -104,9 +115,12 @@ class LossConfig:
     min_temperature: float = 0.01  # lower bound of a learnable temperature
     negatives_per_position: int = 1  # random negatives drawn per position (pool = k * valid positions)
     pool_size: int | None = None  # cap the pooled negatives by uniform subsampling (None = no cap)
-    mode: str = "pool"  # pool (the note) | full (whole-catalogue softmax) | auto (full when catalogue < pool)
+    # pool (the note) | full (whole-catalogue softmax) | auto: full up to 65,536 items or when the catalogue
+    # is smaller than the pool (losses/infonce.py: choose_infonce_mode), else the note's pool
+    mode: str = "auto"
     extra_pos_negatives: bool = False  # add other rows' positives to the pool, logQ-corrected
-    history_mask: bool = False  # mask pool entries that are in the row's own user history
+    # mask candidates that are in the row's own user history (the evaluation filters them out as well)
+    history_mask: bool = True
     gbce_t: float = 0.75  # gbce calibration in [0, 1]: 0 = plain BCE, 1 = fully calibrated (gSASRec's ML-1M value 0.75)
     # Weight of a position by the action type of its positive (exposure, click, conversion); the loss is
     # the weighted mean over valid positions (0 drops a type). None: unweighted. Needs actions (TAAC data).
@@ -125,8 +139,9 @@ class LossConfig:
             raise ConfigError(f"loss.pool_size must be >= 1 or null, got {self.pool_size}")
         if not 0.0 <= self.gbce_t <= 1.0:
             raise ConfigError(f"loss.gbce_t must be in [0, 1], got {self.gbce_t}")
-        if self.name in ("bce", "gbce") and (self.mode != "pool" or self.extra_pos_negatives or self.learnable_temperature):
-            raise ConfigError("loss.mode, loss.extra_pos_negatives and loss.learnable_temperature apply to infonce only")
+        if self.name in ("bce", "gbce") and (self.mode == "full" or self.extra_pos_negatives or self.learnable_temperature):
+            # (mode auto, the default, means the sampled negatives for them)
+            raise ConfigError("loss.mode full, loss.extra_pos_negatives and loss.learnable_temperature apply to infonce only")
         if self.action_weights is not None and (min(self.action_weights) < 0 or max(self.action_weights) <= 0):
             raise ConfigError(f"loss.action_weights must be >= 0 with one > 0, got {self.action_weights}")
 
@@ -142,20 +157,20 @@ class TrainConfig:
     lr: float = 1e-3  # peak learning rate
     weight_decay: float = 0.0  # AdamW decoupled weight decay (0 = plain Adam behaviour)
     betas: tuple[float, float] = (0.9, 0.98)  # Adam betas
-    warmup_steps: int = 0  # linear warm-up steps
+    warmup_steps: int = 100  # linear warm-up steps
     lr_decay: str = "none"  # none | cosine (to 10% of lr at the last epoch)
     clip_grad_norm: float | None = 1.0  # gradient clipping (None = off)
     seed: int = 42  # seeds data order, negatives, initialisation and dropout
     eval_every: int = 1  # validate every N epochs
-    patience: int = 5  # stop after this many validations without improvement (0 = never stop early)
+    patience: int = 10  # stop after this many validations without improvement (0 = never stop early)
     # Wall-clock budget of the whole command in minutes, validation and the final test included (None =
     # unlimited): no epoch starts that, at the pace of the last one (training + validation), would end
     # past the budget less the time the final test evaluation is expected to take. On resume it counts on.
-    max_minutes: float | None = None
+    max_minutes: float | None = 58.0
     # Users per batch of similar training length: shuffled users are cut into chunks of this many batches,
     # each chunk sorted by length (data/batches.py), so short-history batches carry little padding.
     # 0 = uniformly shuffled batches. The epoch still visits every user once.
-    length_buckets: int = 0
+    length_buckets: int = 8
     checkpoint_every_steps: int = 0  # also save `last` every N steps inside an epoch (0 = at epoch ends only)
     device: str = "auto"  # auto | cpu | cuda | cuda:N (under torchrun: auto/cuda = cuda:LOCAL_RANK)
     num_threads: int = 0  # torch intra-op threads on CPU (0 = torch default)

@@ -44,6 +44,7 @@ from seqrec.evaluation.metrics import ranking_metrics
 from seqrec.losses.distributed import all_gather_variable, all_reduce_sum
 from seqrec.model.features import build_model
 from seqrec.model.sasrec import SASRec, similarity_for_loss
+from seqrec.train.auto import resolve_auto
 from seqrec.train.checkpoint import (
     atomic_write,
     ids_to_list,
@@ -52,7 +53,6 @@ from seqrec.train.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from seqrec.train.auto import resolve_auto
 from seqrec.train.objective import Objective
 from seqrec.train.schedule import learning_rate, seed_everything
 from seqrec.train.sparse import check_sparse_setup, clip_grad_norm, make_optimizer

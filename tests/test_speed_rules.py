@@ -1,0 +1,149 @@
+"""Length-bucketed batches, length-sorted evaluation, the wall-clock budget and the data-driven defaults."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pytest
+
+from seqrec.config import RunConfig, replace
+from seqrec.data.batches import BatchBuilder
+from seqrec.data.split import leave_one_out
+from seqrec.data.synthetic import generate_synthetic
+from seqrec.evaluation.evaluate import model_ranks
+from seqrec.model.sasrec import SASRec
+from seqrec.train import auto, loop
+from seqrec.train.auto import auto_batch_size, auto_dropout, auto_maxlen, resolve_auto
+from seqrec.train.checkpoint import load_checkpoint
+from seqrec.train.loop import train
+from tests.conftest import tiny_config
+
+
+def _skewed_builder(length_buckets: int, maxlen: int = 50) -> BatchBuilder:
+    rng = np.random.default_rng(0)
+    lengths = np.concatenate([rng.integers(3, 8, 900), rng.integers(40, 60, 100)])  # most users short
+    rng.shuffle(lengths)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    items = rng.integers(1, 201, int(lengths.sum()))
+    return BatchBuilder(offsets, items, lengths, 200, maxlen, length_buckets=length_buckets)
+
+
+def test_buckets_visit_every_user_once_and_cut_padding():
+    plain, bucketed = _skewed_builder(0), _skewed_builder(4)
+    batch_size = 32
+    order = bucketed.epoch_order(3, 1, batch_size)
+    assert sorted(order.tolist()) == sorted(plain.users.tolist())  # same users, each once
+    assert not np.array_equal(order, bucketed.epoch_order(3, 2, batch_size))  # reshuffled every epoch
+    np.testing.assert_array_equal(order, bucketed.epoch_order(3, 1, batch_size))  # deterministic
+    # With 0 buckets the order is the plain permutation, so older runs replay unchanged.
+    np.testing.assert_array_equal(plain.epoch_order(3, 1, batch_size), plain.epoch_order(3, 1))
+
+    def tokens(builder):
+        return sum(b.input_ids.numel() for b in builder.epoch(3, 1, batch_size))
+
+    def real(builder):
+        return sum(int(b.loss_mask.sum()) for b in builder.epoch(3, 1, batch_size))
+
+    assert real(plain) == real(bucketed)  # every training position is still trained on
+    assert tokens(bucketed) < 0.5 * tokens(plain)  # 10% long users pad every plain batch
+
+
+def test_bucketed_batches_are_the_same_training_pairs():
+    plain, bucketed = _skewed_builder(0), _skewed_builder(8)
+
+    def pairs(builder):
+        out = set()
+        for b in builder.epoch(5, 0, 32):
+            rows, cols = np.nonzero(b.loss_mask.numpy())
+            for r, c in zip(rows, cols, strict=True):
+                out.add((int(b.users[r]), int(b.input_ids[r, c]), int(b.pos_ids[r, c]), int(c - b.loss_mask.shape[1])))
+        return out
+
+    assert pairs(plain) == pairs(bucketed)
+
+
+def test_length_sorted_evaluation_gives_the_same_ranks_as_unsorted():
+    inter = generate_synthetic(150, 40, seed=3)
+    split = leave_one_out(inter)
+    cfg = tiny_config()
+    model = SASRec(inter.num_items, cfg.model).eval()
+    ranks = model_ranks(model, split, "test", "cosine", replace(cfg, eval={"batch_size": 16}).eval)
+    # Reference: one user at a time, no batching, no sorting.
+    ref = model_ranks(model, split, "test", "cosine", replace(cfg, eval={"batch_size": 1}).eval)
+    np.testing.assert_array_equal(ranks, ref)
+
+
+def test_rules_follow_the_length_distribution_and_user_count():
+    assert auto_maxlen(np.full(100, 94)) == 100  # a dense log: the median, rounded up to 10
+    assert auto_maxlen(np.full(100, 6)) == 50 and auto_maxlen(np.full(100, 900)) == 200  # clipped
+    assert auto_dropout(np.full(10, 6)) == 0.5 and auto_dropout(np.full(10, 94)) == 0.2
+    assert auto_batch_size(6040) == 32 and auto_batch_size(22363) == 128 and auto_batch_size(10**6) == 256
+    assert auto_batch_size(100) == 32
+
+
+def test_resolve_fills_only_unset_values():
+    lengths = np.full(1000, 30)
+    cfg, chosen = resolve_auto(RunConfig(), lengths)
+    assert (cfg.model.maxlen, cfg.model.dropout, cfg.train.batch_size) == (50, 0.2, 32)
+    assert chosen == {"model.maxlen": 50, "model.dropout": 0.2, "train.batch_size": 32}
+    fixed = replace(RunConfig(), model={"maxlen": 7, "dropout": 0.0}, train={"batch_size": 3})
+    assert resolve_auto(fixed, lengths) == (fixed, {})
+
+
+def test_generic_default_run_records_resolved_values(tmp_path, caplog):
+    base = tiny_config()
+    cfg = replace(base, model={"maxlen": None, "dropout": None}, train={"batch_size": None, "epochs": 1})
+    with caplog.at_level(logging.INFO, logger="seqrec.train.loop"):
+        train(cfg, tmp_path / "run", progress=False, command=["test"])
+    stored = (tmp_path / "run" / "config.yaml").read_text()
+    lengths = leave_one_out(generate_synthetic(base.data.synthetic_users, base.data.synthetic_items,
+                                               seed=base.data.synthetic_seed)).train_lengths
+    assert f"maxlen: {auto.auto_maxlen(lengths[lengths >= 2])}" in stored and "batch_size: 32" in stored
+    assert "chosen from the data" in caplog.text
+
+
+def test_budget_counts_validation_and_stops_before_overrunning(tmp_path, monkeypatch):
+    clock = {"t": 0.0}
+    monkeypatch.setattr(loop.time, "perf_counter", lambda: clock["t"])
+    original = loop._evaluate
+
+    def slow_evaluate(*args, **kwargs):
+        clock["t"] += 10.0  # each validation / test evaluation: 10 s
+        return original(*args, **kwargs)
+
+    step = loop.Objective.forward
+
+    def slow_step(self, *args, **kwargs):
+        clock["t"] += 1.0  # each training step: 1 s (5 steps per epoch)
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "_evaluate", slow_evaluate)
+    monkeypatch.setattr(loop.Objective, "forward", slow_step)
+    cfg = tiny_config(train={"epochs": 50, "max_minutes": 1.0})  # 60 s: epochs of 5 + 10 s, test 10 s
+    train(cfg, tmp_path / "run", progress=False, command=["test"])
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert records[-1]["stopped"].startswith("time budget")
+    assert results["wall_seconds"] <= 60.0  # the test evaluation included
+    assert len(records) == 3  # a fourth epoch (60 s) plus the test (70 s) would not have fitted
+    assert all(r["eval_seconds"] == pytest.approx(10.0) for r in records)
+
+
+def test_a_long_first_epoch_is_cut_when_the_budget_runs_out(tmp_path, monkeypatch):
+    clock = {"t": 0.0}
+    monkeypatch.setattr(loop.time, "perf_counter", lambda: clock["t"])
+    step = loop.Objective.forward
+
+    def slow_step(self, *args, **kwargs):
+        clock["t"] += 30.0
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(loop.Objective, "forward", slow_step)
+    cfg = tiny_config(train={"epochs": 5, "max_minutes": 1.0})
+    result = train(cfg, tmp_path / "run", progress=False, command=["test"])
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert records == records[:1] and records[0]["stopped"] == "time budget (inside the epoch)"
+    assert records[0]["step"] == 2 and result.best_epoch == 1  # validated, so there is a best checkpoint
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")["step"] == 2
