@@ -439,6 +439,9 @@ def _train(
         return _from_rank0(now, device) if world > 1 else now
 
     def checkpoint_state() -> dict[str, Any]:
+        # Rank 0 alone calls this, so it must not run a collective: wall_seconds()'s broadcast here met
+        # the other ranks' next collective (a barrier, an all-reduce) and hung or aborted them (issue 18).
+        own_wall_seconds = wall_before + time.perf_counter() - command_started
         return {
             "model": model.state_dict(),
             "objective": objective.state_dict(),
@@ -451,7 +454,7 @@ def _train(
             "best_epoch": best_epoch,
             "bad_evals": bad_evals,
             "train_seconds": train_seconds,
-            "wall_seconds": wall_seconds(),
+            "wall_seconds": own_wall_seconds,
             "best_valid": best_valid,
             "eval_seconds": eval_seconds,
             "config": config_to_dict(config),
