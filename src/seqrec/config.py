@@ -77,6 +77,10 @@ class ModelConfig:
     # dropout on embeddings, attention and feed-forward; None = from the data (train/auto.py: 0.5 when the
     # median training history is shorter than 20 items, else 0.2)
     dropout: float | None = None
+    # std of the normal init of every embedding table (items, positions, features); None = hidden_dim**-0.5.
+    # Small tables learn faster under cosine scoring: Adam moves each entry by ~lr per step whatever its
+    # size, so a table 10x smaller turns 10x faster (BENCHMARKS.md, "the plateau").
+    init_std: float | None = 0.01
     norm_first: bool = True  # pre-LN (True) or the original post-LN (False)
     tied_embeddings: bool = True  # score candidates with the input item table (False: a separate output table)
     # Side features (model/features.py); they need data.features. The item tower embeds every item, on the
@@ -95,6 +99,8 @@ class ModelConfig:
             raise ConfigError("model.hidden_dim, model.num_blocks and model.num_heads must be >= 1")
         if self.hidden_dim % self.num_heads:
             raise ConfigError(f"model.num_heads ({self.num_heads}) must divide model.hidden_dim ({self.hidden_dim})")
+        if self.init_std is not None and not self.init_std > 0:
+            raise ConfigError(f"model.init_std must be > 0 or null, got {self.init_std}")
         if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
         _check_choice("model.user_features", self.user_features, ("none", "token", "add"))
