@@ -41,7 +41,7 @@ from seqrec.data.dataset import Interactions
 from seqrec.data.features import read_dataset
 from seqrec.data.taac.synthetic import write_taac_synthetic
 from seqrec.retrieval.recommend import load_model
-from seqrec.retrieval.taac import taac_infer
+from seqrec.serving.taac import taac_infer
 from seqrec.train.loop import train
 
 

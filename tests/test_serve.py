@@ -18,7 +18,8 @@ import uvicorn
 from seqrec.data.readers import read_interactions
 from seqrec.retrieval.ids import ItemLookup
 from seqrec.retrieval.recommend import load_model, recommend_batches
-from seqrec.retrieval.serve import Recommender, ServeConfig, create_app, load_recommender
+from seqrec.serving.app import create_app
+from seqrec.serving.batcher import Recommender, ServeConfig, load_recommender
 from seqrec.train.loop import train
 from tests.conftest import tiny_config
 

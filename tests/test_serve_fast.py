@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from seqrec.retrieval.ids import ItemLookup
-from seqrec.retrieval.serve import Batcher, Job, ServeConfig, create_app, fast_stack, load_recommender
+from seqrec.serving.app import create_app, fast_stack
+from seqrec.serving.batcher import Batcher, Job, ServeConfig, load_recommender
 from tests.test_serve import CONFIG, history_of, inter, run_dir, running  # noqa: F401 - fixtures
 
 BAD = [

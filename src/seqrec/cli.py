@@ -178,7 +178,8 @@ def cmd_index_build(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from seqrec.retrieval.serve import ServeConfig, serve
+    from seqrec.serving.app import serve
+    from seqrec.serving.batcher import ServeConfig
 
     config = ServeConfig(index=args.index, max_k=args.max_k, max_history=args.max_history,
                          batch_window_ms=args.batch_window_ms, max_batch=args.max_batch, threads=args.threads,
@@ -207,15 +208,20 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_taac_infer(args: argparse.Namespace) -> int:
-    from seqrec.retrieval.taac import taac_infer
+    from seqrec.serving.taac import taac_infer
 
     result = taac_infer(args.run, args.eval_dir, args.out, data_dir=args.data, k=args.k,
                         exclude_seen=args.exclude_seen, batch_size=args.batch_size, progress=not args.quiet)
     print(f"wrote the top-{args.k} creative_ids of {result.num_users} users to {result.out} "
           f"({result.num_candidates} candidates, {result.num_new_items} creatives unseen in training)")
     if result.score is not None:
-        print(f"HR@10 {result.hr10:.4f}  NDCG@10 {result.ndcg10:.4f}  "
-              f"score (0.31 * HR@10 + 0.69 * NDCG@10) {result.score:.4f}")
+        print(f"{'':<12} {'HR@10':>7} {'NDCG@10':>8} {'score':>7}   score = 0.31 * HR@10 + 0.69 * NDCG@10")
+        rows = {"model": {"hr10": result.hr10, "ndcg10": result.ndcg10, "score": result.score}, **result.baselines}
+        for name, m in rows.items():
+            print(f"{name:<12} {m['hr10']:>7.4f} {m['ndcg10']:>8.4f} {m['score']:>7.4f}")
+        if result.unseen_targets:
+            print(f"HR@10 on the {result.unseen_targets} users whose target is a creative unseen in training: "
+                  + ", ".join(f"{name} {hr:.4f}" for name, hr in result.unseen_hr10.items()))
     return 0
 
 

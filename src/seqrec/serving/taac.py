@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from seqrec.data.taac.layout import PREDICT_TARGETS_FILE
 from seqrec.data.taac.predict import TaacPredict, read_taac_predict, read_taac_targets
 from seqrec.data.taac.reader import TaacData, read_taac
 from seqrec.data.taac.scoring import competition_score, hit_ndcg_at_10
+from seqrec.evaluation.baselines import TransitionCounts, baseline_rankings, item_counts
 from seqrec.model.features import model_from_state
 from seqrec.retrieval.index import IndexConfig, build_index
 from seqrec.retrieval.search import search
@@ -52,6 +53,12 @@ class TaacInference:
     hr10: float | None = None
     ndcg10: float | None = None
     score: float | None = None  # 0.31 * HR@10 + 0.69 * NDCG@10
+    # With known targets: {"popularity" | "transitions": {"hr10", "ndcg10", "score"}}, the count-based
+    # baselines (evaluation/baselines.py) ranking the same candidates under the same rules.
+    baselines: dict[str, dict[str, float]] = field(default_factory=dict)
+    # Users whose target is a creative unseen in training, and HR@10 on them ("model" and each baseline).
+    unseen_targets: int = 0
+    unseen_hr10: dict[str, float] = field(default_factory=dict)
 
 
 def _key(value: Any) -> int | str:
@@ -263,6 +270,7 @@ def taac_infer(
     rows = history_rows[keep]
     maxlen = model.config.maxlen
     top: list[list[int | str]] = []
+    excludes: list[np.ndarray] = []
     for start in tqdm(range(0, predict.num_users, batch_size), desc="taac-infer", disable=not progress, unit="batch"):
         users = np.arange(start, min(start + batch_size, predict.num_users))
         starts, ends = offsets[users], offsets[users + 1]
@@ -275,6 +283,7 @@ def taac_infer(
         if exclude_seen:
             exclude = [np.asarray([row_of[r] for r in rows[s:e].tolist() if r in row_of], dtype=np.int64)
                        for s, e in zip(starts, ends, strict=True)]
+            excludes.extend(exclude)
         _, found = search(index, queries.numpy(), min(k, len(chosen)), exclude=exclude)
         top.extend([cand_keys[j] for j in found_row if j >= 0] for found_row in found.tolist())
 
@@ -287,7 +296,30 @@ def taac_infer(
             raise ValueError(f"{eval_dir}: {PREDICT_TARGETS_FILE} does not list the users of predict_seq.jsonl in order")
         result.hr10, result.ndcg10 = hit_ndcg_at_10(top, targets.tolist())
         result.score = competition_score(result.hr10, result.ndcg10)
+        _score_baselines(result, train, targets.tolist(), top, cand_keys, candidate_rows[chosen], rows, offsets, k,
+                         excludes if exclude_seen else None)
     return result
+
+
+def _score_baselines(result: TaacInference, train: TaacData, targets: list, top: list[list[int | str]],
+                     cand_keys: list, cand_rows: np.ndarray, rows: np.ndarray, offsets: np.ndarray, k: int,
+                     excludes: list[np.ndarray] | None) -> None:
+    """Fills ``result.baselines`` and the unseen-target HR@10 of the model and of each baseline."""
+    inter = train.interactions
+    has_history = offsets[1:] > offsets[:-1]
+    last = np.zeros(len(has_history), dtype=np.int64)
+    last[has_history] = rows[offsets[1:][has_history] - 1]
+    ranked = baseline_rankings(cand_rows, last, item_counts(inter.items, train.num_items),
+                               TransitionCounts(inter.offsets, inter.items), k, exclude=excludes)
+    lists = {"model": top} | {name: [[cand_keys[j] for j in r] for r in found] for name, found in ranked.items()}
+    for name in ranked:
+        hr, ndcg = hit_ndcg_at_10(lists[name], targets)
+        result.baselines[name] = {"hr10": hr, "ndcg10": ndcg, "score": competition_score(hr, ndcg)}
+    row_of_key = dict(zip(cand_keys, cand_rows.tolist(), strict=True))
+    unseen = [i for i, t in enumerate(targets) if row_of_key.get(_key(t), 0) > train.num_items]
+    result.unseen_targets = len(unseen)
+    for name, found in lists.items() if unseen else ():
+        result.unseen_hr10[name] = hit_ndcg_at_10([found[i] for i in unseen], [targets[i] for i in unseen])[0]
 
 
 def _write_results(path: Path, users: list, top: list[list[int | str]]) -> None:

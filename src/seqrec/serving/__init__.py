@@ -1,0 +1,1 @@
+"""Answers from a trained run: the HTTP service (``app``, ``batcher``) and the TAAC result file (``taac``)."""
