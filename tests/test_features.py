@@ -62,6 +62,14 @@ def test_tower_shapes_and_padding_row():
     assert features_only.item_tower.id_emb is None and features_only.item_embeddings().shape == (NUM_ITEMS + 1, D)
 
 
+def test_item_tower_on_empty_ids():
+    model, _ = _model()
+    for shape in [(0,), (2, 0), (0, 3)]:
+        ids = torch.zeros(shape, dtype=torch.long)
+        assert model.item_tower(ids).shape == (*shape, D)
+        assert model.item_embeddings(ids).shape == (*shape, D)
+
+
 def test_absent_vector_is_the_learned_default_not_zeros():
     model, _ = _model()
     tower = model.item_tower

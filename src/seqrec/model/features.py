@@ -305,9 +305,10 @@ class ItemTower(_Fused):
         return out * (rows != PAD_ID).unsqueeze(-1).to(out.dtype)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        """(...) catalogue rows -> (..., D); each distinct id is embedded once."""
+        """(...) catalogue rows -> (..., D); each distinct id is embedded once. Empty ``ids`` give (..., D)."""
         uniq, inverse = torch.unique(ids.reshape(-1), return_inverse=True)
-        return self.encode_rows(uniq)[inverse].view(*ids.shape, -1)
+        vectors = self.encode_rows(uniq)[inverse]  # (N, D)
+        return vectors.view(*ids.shape, vectors.shape[-1])  # -1 would be ambiguous for N = 0
 
     def table(self) -> torch.Tensor:
         """(R, D) vectors of the whole catalogue, computed in chunks of TABLE_CHUNK rows."""
