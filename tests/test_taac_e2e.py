@@ -45,7 +45,9 @@ def test_infer_writes_ten_creatives_per_user_in_input_order(taac_run, capsys):
     eval_dir = taac_run / "data" / "eval"
     assert main(["taac-infer", str(taac_run / "run"), "--eval-dir", str(eval_dir), "--out", str(out), "--quiet"]) == 0
     printed = capsys.readouterr().out
-    assert "score (0.31 * HR@10 + 0.69 * NDCG@10)" in printed
+    assert "score = 0.31 * HR@10 + 0.69 * NDCG@10" in printed
+    for name in ("model", "popularity", "transitions"):  # the two baselines next to the model
+        assert any(line.split()[:1] == [name] and len(line.split()) == 4 for line in printed.splitlines())
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     users, _ = read_taac_targets(eval_dir)
     assert [line["user_id"] for line in lines] == users.tolist()  # predict_seq.jsonl order
