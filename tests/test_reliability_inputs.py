@@ -281,7 +281,7 @@ def test_parquet_timestamps_and_ids(tmp_path):
     pq.write_table(pa.table({"user_id": [1, 1], "item_id": [2, 3], "ts": ["a", "b"]}), path)
     assert "column 'ts': not numeric timestamps" in data_error(path, time_col="ts")
     pq.write_table(pa.table({"user_id": [1, None], "item_id": [2, 3]}), path)
-    assert "column 'user_id' has 1 null id(s)" in data_error(path)
+    assert "row 2: column 'user_id': null id (1 null id(s) in the column)" in data_error(path)
     pq.write_table(pa.table({"user_id": [1.5, 2.0], "item_id": [2, 3]}), path)
     assert "column 'user_id': ids must be integers or strings, got type double" in data_error(path)
     pq.write_table(pa.table({"user_id": pa.array([], pa.int64()), "item_id": pa.array([], pa.int64())}), path)
@@ -685,3 +685,145 @@ def test_metrics_file_with_garbage_in_the_middle_is_refused_on_resume(trained, t
     err = cli_error(["train", "--out", str(run), "--resume", *FAST], capsys)
     assert f"{run / 'metrics.jsonl'}:1: not a JSON record" in err
     assert json.loads(lines[0])["epoch"] == 1
+
+
+# ---------------------------------------------------------------------------------------------------
+# Inputs that used to get through (issue 18)
+# ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name, content",
+    [
+        ("short.txt", "1 10\n1 11\n2 10\n3 12\n3 10\n"),  # users with 2, 1 and 2 events
+        ("short.csv", "user_id,item_id\nu1,a\nu1,b\nu2,a\nu3,c\nu3,a\n"),
+    ],
+)
+def test_data_where_nobody_can_be_evaluated_is_refused(tmp_path, capsys, name, content):
+    # Training used to "succeed" and report NDCG@10 0.0000 over an empty set of users.
+    path = write(tmp_path / name, content)
+    expected = f"{path}: no user has 3 or more interactions, so nothing can be evaluated"
+    with pytest.raises(DataError) as info:
+        train(tiny_config(data={"path": str(path)}), tmp_path / "lib", progress=False, command=["t"])
+    assert str(info.value).startswith(expected) and info.value.path == str(path)
+    assert not (tmp_path / "lib").exists()
+    err = cli_error(["train", "--data", str(path), "--out", str(tmp_path / "run"), *FAST], capsys)
+    assert expected in err and "users with 1 or 2 events are training-only" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_id_of_100000_digits_names_file_line_and_field(tmp_path, capsys):
+    # Python's int() refuses over 4,300 digits with a message that names no file or line.
+    digits = "7" * 100_000
+    sasrec = write(tmp_path / "huge.txt", f"1 10\n1 {digits}\n")
+    assert (f"{sasrec}:2: field item: id of 100,000 digits (77777777777777777777...) does not fit in 64 bits"
+            in data_error(sasrec))
+    csv_path = write(tmp_path / "huge.csv", f"user_id,item_id\n1,10\n1,{digits}\n")
+    assert f"{csv_path}:3: field item_id: id of 100,000 characters is longer than 1,000" in data_error(csv_path)
+    for path, line in ((sasrec, 2), (csv_path, 3)):
+        err = cli_error(["train", "--data", str(path), "--out", str(tmp_path / "run"), *FAST], capsys)
+        assert f"{path}:{line}: field item" in err and len(err) < 500  # the id is not echoed in full
+    # leading zeros do not count, and 1,000 characters is still an id (a text id: it has no int64 value)
+    assert read_interactions(DataConfig(path=str(write(tmp_path / "z.txt", "0" * 5000 + "7 3\n")))).user_ids.tolist() == [7]
+    inter = read_interactions(DataConfig(path=str(write(tmp_path / "long.csv", f"user_id,item_id\n1,{digits[:1000]}\n1,2\n"))))
+    assert inter.item_ids.tolist()[1:] == ["2", digits[:1000]]
+
+
+@pytest.mark.parametrize(
+    "name, content, expected",
+    [
+        ("nul.csv", "user_id,item_id\n1,2\n1,1\x001\n", ":3: field item_id: id contains the control character '\\x00' at position 2"),
+        ("nul.tsv", "user_id\titem_id\n1\t2\n\x00\t3\n", ":3: field user_id: id contains the control character '\\x00' at position 1"),
+        ("quoted.csv", 'user_id,item_id\n1,2\n"a\x00",3\n', ":3: field user_id: id contains the control character '\\x00'"),
+        ("bell.csv", "user_id,item_id\n1,2\n1,b\x07\n", ":3: field item_id: id contains the control character '\\x07'"),
+    ],
+)
+def test_control_characters_in_csv_ids_are_refused(tmp_path, capsys, name, content, expected):
+    # A NUL inside an id field used to be kept as part of the id.
+    path = write(tmp_path / name, content)
+    assert f"{path}{expected}" in data_error(path)
+    err = cli_error(["train", "--data", str(path), "--out", str(tmp_path / "run"), *FAST], capsys)
+    assert f"{path}{expected}" in err
+    # a tab inside a quoted CSV id is kept: it is the one control character a text field may hold
+    inter = read_interactions(DataConfig(path=str(write(tmp_path / "tab.csv", 'user_id,item_id\n"a\tb",1\n'))))
+    assert inter.user_ids.tolist() == ["a\tb"]
+
+
+CSV_ROWS = "u1,a,3\nu1,b,1\nu2,a,2\nu2,c,5\nu2,b,4\n"
+POSITIONS = ["data.header=false", "data.user_col=0", "data.item_col=1", "data.time_col=2"]
+
+
+def test_csv_without_a_header_row_reads_by_column_position(tmp_path):
+    headed = read_interactions(DataConfig(path=str(write(tmp_path / "h.csv", "user_id,item_id,ts\n" + CSV_ROWS)), time_col="ts"))
+    bare = write(tmp_path / "bare.csv", "\n" + CSV_ROWS)  # blank lines carry no event, the first one too
+    for data in (load_config(None, [*POSITIONS, f"data.path={bare}"]).data,
+                 DataConfig(path=str(bare), header=False, user_col=0, item_col=1, time_col=2)):
+        got = read_interactions(data)
+        for field in ("offsets", "items", "user_ids", "item_ids", "timestamps"):
+            np.testing.assert_array_equal(getattr(got, field), getattr(headed, field), err_msg=field)
+    # positions work with a header too, and pick any column
+    swapped = read_interactions(DataConfig(path=str(tmp_path / "h.csv"), user_col=1, item_col="user_id"))
+    assert swapped.user_ids.tolist() == ["a", "b", "c"] and swapped.item_ids.tolist()[1:] == ["u1", "u2"]
+    tsv = write(tmp_path / "bare.tsv", CSV_ROWS.replace(",", "\t"))
+    assert read_interactions(DataConfig(path=str(tsv), header=False, user_col=2, item_col=0)).num_users == 5
+
+
+def test_csv_header_setting_mistakes(tmp_path, capsys):
+    bare = write(tmp_path / "bare.csv", CSV_ROWS)
+    with pytest.raises(ConfigError, match="data.header=false: data.user_col must be a 0-based column position "
+                                          "\\(an integer\\), got the name 'user_id'"):
+        load_config(None, ["data.header=false"])
+    with pytest.raises(ConfigError, match="data.item_col must be a column name or a 0-based position >= 0, got -1"):
+        load_config(None, ["data.item_col=-1"])
+    with pytest.raises(ConfigError, match="must name different columns"):
+        load_config(None, ["data.header=false", "data.user_col=0", "data.item_col=0"])
+    assert (f"{bare}:1: data.time_col=3 is out of range: the row has 3 field(s) (positions 0..2)"
+            in data_error(bare, header=False, user_col=0, item_col=1, time_col=3))
+    ragged = write(tmp_path / "ragged.csv", "1,2,3\n1,,4\n1,2\n")
+    assert f"{ragged}:2: field column 1: empty id" in data_error(ragged, header=False, user_col=0, item_col=1)
+    sets = [a for value in POSITIONS[:3] for a in ("--set", value)]
+    err = cli_error(["train", "--data", str(ragged), "--out", str(tmp_path / "run"), *sets, *FAST], capsys)
+    assert f"{ragged}:2: field column 1: empty id" in err
+    # a header-less file read with a header: its first row is reported, with the way out
+    numbers = write(tmp_path / "numbers.csv", "1,10\n1,11\n")
+    err = cli_error(["train", "--data", str(numbers), "--out", str(tmp_path / "run"), *FAST], capsys)
+    assert (f"{numbers}:1: missing column(s) 'user_id', 'item_id'; header has ['1', '10']; if the file has no "
+            "header row, set data.header=false and the columns by position") in err
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "log.parquet"
+    pq.write_table(pa.table({"u": [1, 1], "i": [2, 3]}), path)
+    assert read_interactions(DataConfig(path=str(path), user_col=0, item_col=1)).item_ids.tolist()[1:] == [2, 3]
+    assert "column position(s) 5 out of range: the file has 2 column(s)" in data_error(path, user_col=0, item_col=5)
+    assert "data.header=false applies to CSV/TSV" in data_error(path, header=False, user_col=0, item_col=1)
+
+
+def test_taac_offsets_are_checked_against_the_file_they_index(tmp_path):
+    import pickle
+
+    from seqrec.data.taac.reader import read_seq_offsets
+
+    lines = ['[[1, null, {"103": 1}, null, null, 5]]', '[[2, 7, null, {"100": 1}, 0, 6]]']
+    seq = write(tmp_path / "seq.jsonl", "".join(line + "\n" for line in lines))
+    second, size = len(lines[0]) + 1, seq.stat().st_size
+    pkl = tmp_path / "seq_offsets.pkl"
+
+    def offsets(values: list[int], seq_path: Path | None = seq):
+        pkl.write_bytes(pickle.dumps(values))
+        return read_seq_offsets(pkl, seq_path)
+
+    assert offsets([0, second]).tolist() == [0, second]
+    assert offsets([0, 5], seq_path=None).tolist() == [0, 5]  # without the file there is nothing to check
+    cases = {
+        (0, 5): f"{pkl}: offsets[1]: byte 5 is inside line 1 of {seq}, not the start of line 2",
+        (3, second): f"{pkl}: offsets[0]: byte 3 is inside line 1 of {seq}, not the start of line 1",
+        (0, second + 4): f"{pkl}: offsets[1]: byte {second + 4} is inside line 2 of {seq}, not the start of line 2",
+        (0, size): f"{pkl}: offsets[1]: byte {size} is past the end of {seq} ({size} bytes)",
+        (0,): f"{pkl}: offsets: 1 offsets for the 2 lines of {seq}",
+        (0, second, size + 9): f"{pkl}: offsets: 3 offsets for the 2 lines of {seq}",
+    }
+    for values, expected in cases.items():
+        with pytest.raises(DataError) as info:
+            offsets(list(values))
+        assert str(info.value) == expected

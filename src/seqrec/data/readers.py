@@ -14,9 +14,11 @@ from __future__ import annotations
 import bz2
 import csv
 import gzip
+import itertools
 import logging
 import lzma
 import math
+import re
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -84,6 +86,9 @@ def _detect_format(path: Path, fmt: str) -> str:
 
 
 _INT64_MAX = 2**63 - 1
+_INT64_DIGITS = len(str(_INT64_MAX))  # 19
+MAX_ID_CHARS = 1000  # longest text id of a CSV/TSV row; longer ones are refused as damaged data
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # C0 controls but tab, and DEL
 
 
 def _parse_positive_int(token: str, path: Path, lineno: int, field: str) -> int:
@@ -91,13 +96,16 @@ def _parse_positive_int(token: str, path: Path, lineno: int, field: str) -> int:
     # merge distinct raw ids; ids must also fit the int64 arrays they are stored in.
     if not (token.isascii() and token.isdigit()):
         if token.isascii() and token.startswith("-") and token[1:].isdigit():
-            raise DataError(f"{path}:{lineno}: field {field}: id must be >= 1 (0 is reserved for padding), got {token}")
+            raise DataError(f"{path}:{lineno}: field {field}: id must be >= 1 (0 is reserved for padding), got {token[:40]}")
         raise DataError(f"{path}:{lineno}: field {field}: expected a positive integer id, got {token[:40]!r}")
-    value = int(token)
-    if value <= 0:
-        raise DataError(f"{path}:{lineno}: field {field}: id must be >= 1 (0 is reserved for padding), got {value}")
-    if value > _INT64_MAX:
-        raise DataError(f"{path}:{lineno}: field {field}: id {token[:40]} does not fit in 64 bits")
+    digits = token.lstrip("0") or "0"
+    # The length first: int() refuses over 4,300 digits with a message that names neither file nor line.
+    if len(digits) > _INT64_DIGITS or int(digits) > _INT64_MAX:
+        shown = digits if len(digits) <= 40 else f"of {len(digits):,} digits ({digits[:20]}...)"
+        raise DataError(f"{path}:{lineno}: field {field}: id {shown} does not fit in 64 bits")
+    value = int(digits)
+    if value == 0:
+        raise DataError(f"{path}:{lineno}: field {field}: id must be >= 1 (0 is reserved for padding), got {token}")
     return value
 
 
@@ -141,38 +149,42 @@ def _parse_time(token: str, path: Path, lineno: int, field: str) -> float:
 
 
 def read_delimited(path: Path, config: DataConfig, delimiter: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Reads CSV/TSV with a header row; ids are kept as strings (any type), timestamps as floats."""
+    """Reads CSV/TSV; ids are kept as strings (any type), timestamps as floats.
+
+    With ``data.header`` (the default) the first row names the columns; without it every row is data and
+    ``data.user_col``/``item_col``/``time_col`` are 0-based column positions (config.py). Either way the
+    first row fixes the number of fields every row must have.
+    """
     rows = _lines(path)
-    try:
-        _, header_line = next(rows)
-    except StopIteration:
-        raise DataError(f"{path}: empty file (expected a header row)") from None
-    header = _split_row(header_line, delimiter, path, 1)
-    wanted = [config.user_col, config.item_col] + ([config.time_col] if config.time_col else [])
-    missing = [c for c in wanted if c not in header]
-    if missing:
-        raise DataError(f"{path}:1: missing column(s) {', '.join(map(repr, missing))}; header has {header[:20]}")
-    repeated = [c for c in wanted if header.count(c) > 1]
-    if repeated:
-        raise DataError(f"{path}:1: column(s) {', '.join(map(repr, repeated))} appear more than once in the header")
-    cols = [header.index(c) for c in wanted]
+    # The header is the first line, blank or not; without one, the first non-blank row.
+    first = next(((n, line) for n, line in rows if config.header or line.strip()), None)
+    if first is None:
+        raise DataError(f"{path}: empty file (expected a header row)" if config.header
+                        else f"{path}: no interactions (empty file or blank lines only)")
+    first_lineno, first_line = first
+    first_fields = _split_row(first_line, delimiter, path, first_lineno)
+    header = first_fields if config.header else None
+    specs = [("user_col", config.user_col), ("item_col", config.item_col)]
+    if config.time_col is not None:
+        specs.append(("time_col", config.time_col))
+    cols, names = _resolve_columns(path, first_lineno, specs, header, len(first_fields))
+    user_name, item_name = names[0], names[1]
+    time_name = names[2] if config.time_col is not None else None
     users: list[str] = []
     items: list[str] = []
     times: list[float] = []
     skipped = 0
-    for lineno, line in rows:
+    data_rows = rows if config.header else itertools.chain([first], rows)
+    for lineno, line in data_rows:
         if not line.strip():
             continue
         try:
             fields = _split_row(line, delimiter, path, lineno)
-            if len(fields) != len(header):
-                raise DataError(f"{path}:{lineno}: expected {len(header)} fields, got {len(fields)}")
-            user, item = fields[cols[0]].strip(), fields[cols[1]].strip()
-            if not user:
-                raise DataError(f"{path}:{lineno}: field {config.user_col}: empty id")
-            if not item:
-                raise DataError(f"{path}:{lineno}: field {config.item_col}: empty id")
-            t = _parse_time(fields[cols[2]], path, lineno, config.time_col) if config.time_col else None
+            if len(fields) != len(first_fields):
+                raise DataError(f"{path}:{lineno}: expected {len(first_fields)} fields, got {len(fields)}")
+            user = _text_id(fields[cols[0]], path, lineno, user_name)
+            item = _text_id(fields[cols[1]], path, lineno, item_name)
+            t = _parse_time(fields[cols[2]], path, lineno, time_name) if time_name is not None else None
         except DataError:
             if config.on_bad_line == "error":
                 raise
@@ -185,12 +197,71 @@ def read_delimited(path: Path, config: DataConfig, delimiter: str) -> tuple[np.n
     if skipped:
         log.warning("%s: skipped %d malformed line(s) (data.on_bad_line=skip)", path, skipped)
     if not users:
-        raise DataError(f"{path}: no interactions (header only)")
+        raise DataError(f"{path}: no interactions (header only)" if config.header else f"{path}: no interactions")
     return (
         _maybe_numeric(users),
         _maybe_numeric(items),
-        np.asarray(times, dtype=np.float64) if config.time_col else None,
+        np.asarray(times, dtype=np.float64) if time_name is not None else None,
     )
+
+
+def _resolve_columns(
+    path: Path, lineno: int, specs: list[tuple[str, str | int]], header: list[str] | None, width: int
+) -> tuple[list[int], list[str]]:
+    """``[(setting, name or position)]`` -> (0-based positions, names for messages).
+
+    A name is looked up in ``header`` (it must appear there exactly once); a position must lie inside
+    the first row's ``width`` fields. Messages call a column by its header name, or without a header
+    ``column N`` (N 0-based, as in the config).
+    """
+    if header is not None:
+        missing = [c for _, c in specs if isinstance(c, str) and c not in header]
+        if missing:
+            hint = ""
+            if all(_looks_like_number(f) for f in header):  # a data row where the header should be
+                hint = "; if the file has no header row, set data.header=false and the columns by position"
+            raise DataError(f"{path}:{lineno}: missing column(s) {', '.join(map(repr, missing))}; "
+                            f"header has {header[:20]}{hint}")
+        repeated = [c for _, c in specs if isinstance(c, str) and header.count(c) > 1]
+        if repeated:
+            raise DataError(f"{path}:{lineno}: column(s) {', '.join(map(repr, repeated))} appear more than once in the header")
+    cols, names = [], []
+    for setting, col in specs:
+        if isinstance(col, str):
+            assert header is not None  # DataConfig allows names only with a header
+            cols.append(header.index(col))
+            names.append(col)
+            continue
+        if col >= width:
+            raise DataError(f"{path}:{lineno}: data.{setting}={col} is out of range: the row has {width} field(s) "
+                            f"(positions 0..{width - 1})")
+        cols.append(col)
+        names.append(header[col] if header is not None else f"column {col}")
+    return cols, names
+
+
+def _looks_like_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _text_id(value: str, path: Path, lineno: int, field: str) -> str:
+    """A CSV/TSV id field, stripped; empty, over-long and control-character ids are refused."""
+    value = value.strip()
+    if not value:
+        raise DataError(f"{path}:{lineno}: field {field}: empty id")
+    if len(value) > MAX_ID_CHARS:
+        raise DataError(f"{path}:{lineno}: field {field}: id of {len(value):,} characters is longer than "
+                        f"{MAX_ID_CHARS:,} ({value[:20]!r}...)")
+    bad = _CONTROL.search(value)
+    if bad:
+        # a NUL or another control character is damage (a binary file, a bad export), never part of an id
+        raise DataError(f"{path}:{lineno}: field {field}: id contains the control character {bad.group()!r} "
+                        f"at position {bad.start() + 1}: {value[:40]!r}")
+    return value
 
 
 def _split_row(line: str, delimiter: str, path: Path, lineno: int) -> list[str]:
@@ -203,7 +274,8 @@ def _split_row(line: str, delimiter: str, path: Path, lineno: int) -> list[str]:
 def _is_int64_text(value: str) -> bool:
     # ASCII digits only: int() would also accept "1_0" or non-ASCII digits and merge them with "10".
     digits = value[1:] if value.startswith("-") else value
-    return digits.isascii() and digits.isdigit() and -_INT64_MAX - 1 <= int(value) <= _INT64_MAX
+    return (digits.isascii() and digits.isdigit() and len(digits.lstrip("0")) <= _INT64_DIGITS
+            and -_INT64_MAX - 1 <= int(value) <= _INT64_MAX)
 
 
 def _maybe_numeric(values: list[str]) -> np.ndarray:
@@ -226,7 +298,14 @@ def read_parquet(path: Path, config: DataConfig) -> tuple[np.ndarray, np.ndarray
         table.validate(full=True)
     except Exception as exc:  # pyarrow raises many types for corrupt files
         raise DataError(f"{path}: not a readable Parquet file ({exc})") from exc
-    wanted = [config.user_col, config.item_col] + ([config.time_col] if config.time_col else [])
+    if not config.header:
+        raise DataError(f"{path}: data.header=false applies to CSV/TSV; a Parquet file always names its columns")
+    wanted = [config.user_col, config.item_col] + ([config.time_col] if config.time_col is not None else [])
+    out_of_range = [c for c in wanted if isinstance(c, int) and c >= table.num_columns]
+    if out_of_range:
+        raise DataError(f"{path}: column position(s) {', '.join(map(str, out_of_range))} out of range: the file has "
+                        f"{table.num_columns} column(s)")
+    wanted = [table.column_names[c] if isinstance(c, int) else c for c in wanted]
     missing = [c for c in wanted if c not in table.column_names]
     if missing:
         raise DataError(f"{path}: missing column(s) {', '.join(map(repr, missing))}; has {table.column_names}")
@@ -241,20 +320,22 @@ def read_parquet(path: Path, config: DataConfig) -> tuple[np.ndarray, np.ndarray
         if not (pa.types.is_integer(col.type) or pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
             raise DataError(f"{path}: column {c!r}: ids must be integers or strings, got type {col.type}")
         if col.null_count:
-            raise DataError(f"{path}: column {c!r} has {col.null_count} null id(s)")
+            first = int(np.argmax(col.is_null().to_numpy(zero_copy_only=False))) + 1
+            raise DataError(f"{path}: row {first}: column {c!r}: null id ({col.null_count} null id(s) in the column)")
         values = col.to_numpy(zero_copy_only=False)
         if values.dtype == np.uint64 and len(values) and values.max() > _INT64_MAX:
             raise DataError(f"{path}: column {c!r}: id {values.max()} does not fit in 64-bit signed ids")
         out.append(values.astype(np.int64) if np.issubdtype(values.dtype, np.integer) else values.astype(object))
     times = None
-    if config.time_col:
+    if config.time_col is not None:
+        time_col = wanted[2]
         try:
-            times = table.column(config.time_col).to_numpy(zero_copy_only=False).astype(np.float64)
+            times = table.column(time_col).to_numpy(zero_copy_only=False).astype(np.float64)
         except (ValueError, TypeError) as exc:
-            raise DataError(f"{path}: column {config.time_col!r}: not numeric timestamps ({exc})") from exc
+            raise DataError(f"{path}: column {time_col!r}: not numeric timestamps ({exc})") from exc
         bad = np.flatnonzero(~np.isfinite(times))
         if len(bad):
-            raise DataError(f"{path}: row {bad[0] + 1}: column {config.time_col!r}: timestamp is not finite")
+            raise DataError(f"{path}: row {bad[0] + 1}: column {time_col!r}: timestamp is not finite")
     return out[0], out[1], times
 
 
@@ -324,7 +405,7 @@ def read_interactions(config: DataConfig) -> Interactions:
         raise DataError(f"{path}: is a directory; expected an interaction log file")
     fmt = _detect_format(path, config.format)
     if fmt == "sasrec":
-        if config.time_col:
+        if config.time_col is not None:
             raise DataError(f"{path}: SASRec text has no timestamp column; unset data.time_col")
         users, items, times = read_sasrec(path, config.on_bad_line)
     elif fmt in ("csv", "tsv"):

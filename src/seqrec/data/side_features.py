@@ -22,6 +22,7 @@ import numpy as np
 
 from seqrec.data.dataset import Interactions
 from seqrec.data.feature_set import FeatureSet, csr_from_lists
+from seqrec.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -44,28 +45,46 @@ def _id_lookup(raw_ids: np.ndarray) -> list[int | None]:
     return out
 
 
+def _is_id(text: str) -> bool:
+    """ASCII digits that fit in 64 bits (int() would take non-ASCII digits and refuse over 4,300)."""
+    return text.isascii() and text.isdigit() and len(text) <= 18
+
+
 def _read_id_map(path: Path) -> dict[int, int]:
     """``<sasrec id> <original id>`` lines."""
     mapping: dict[int, int] = {}
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        parts = line.split()
-        if not parts:
-            continue
-        if len(parts) != 2 or not all(p.isdigit() for p in parts):
-            raise ValueError(f"{path}:{lineno}: expected '<sasrec id> <original id>', got {line[:80]!r}")
-        mapping[int(parts[0])] = int(parts[1])
+    with open(path, "rb") as handle:
+        for lineno, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(f"{path}:{lineno}: not valid UTF-8 text ({exc.reason} at byte {exc.start})",
+                                path=path, line=lineno) from exc
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) != 2 or not all(_is_id(p) for p in parts):
+                raise DataError(f"{path}:{lineno}: expected '<sasrec id> <original id>', got {line.strip()[:80]!r}",
+                                path=path, line=lineno)
+            mapping[int(parts[0])] = int(parts[1])
     return mapping
 
 
-def _dat_rows(path: Path, fields: int) -> list[list[str]]:
-    """``a::b::c`` lines of a GroupLens file (latin-1: movies.dat keeps accented titles)."""
+def _dat_rows(path: Path, fields: int, numeric: tuple[int, ...] = (0,)) -> list[list[str]]:
+    """``a::b::c`` lines of a GroupLens file (latin-1: movies.dat keeps accented titles); the fields at
+    the ``numeric`` positions must be ids."""
     rows = []
     for lineno, line in enumerate(path.read_text(encoding="latin-1").splitlines(), start=1):
         if not line.strip():
             continue
         parts = line.split("::")
-        if len(parts) != fields or not parts[0].isdigit():
-            raise ValueError(f"{path}:{lineno}: expected {fields} '::'-separated fields, got {line[:80]!r}")
+        if len(parts) != fields:
+            raise DataError(f"{path}:{lineno}: expected {fields} '::'-separated fields, got {line[:80]!r}",
+                            path=path, line=lineno)
+        for k in numeric:
+            if not _is_id(parts[k]):
+                raise DataError(f"{path}:{lineno}: field {k + 1}: expected a non-negative integer, got {parts[k][:40]!r}",
+                                path=path, line=lineno, field=str(k + 1))
         rows.append(parts)
     return rows
 
@@ -92,7 +111,7 @@ def ml1m_features(directory: str | Path, inter: Interactions) -> FeatureSet:
         log.warning("ml-1m features: %d of %d items have no movie in movies.dat", unmatched, inter.num_items)
     user_map = _read_id_map(directory / "sas_to_original_users.txt")
 
-    users = {int(r[0]): r for r in _dat_rows(directory / "users.dat", 5)}
+    users = {int(r[0]): r for r in _dat_rows(directory / "users.dat", 5, numeric=(0, 2, 3))}
     ages = {a: j + 1 for j, a in enumerate(sorted({int(r[2]) for r in users.values()}))}
     columns = {name: np.zeros(inter.num_users, dtype=np.int64) for name in ("gender", "age", "occupation", "zip_region")}
     unmatched = 0
@@ -182,10 +201,13 @@ def attribute_items(path: str | Path, raw_item_ids: np.ndarray, name: str = "att
         raise FileNotFoundError(f"item attribute file not found: {path}")
     try:
         table = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: not a JSON object of item id -> attribute ids ({exc})") from exc
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}:{exc.lineno}: not a JSON object of item id -> attribute ids ({exc.msg} at column "
+                        f"{exc.colno})", path=path, line=exc.lineno) from exc
+    except (ValueError, UnicodeDecodeError) as exc:  # not UTF-8, or an int literal beyond Python's limit
+        raise DataError(f"{path}: not a JSON object of item id -> attribute ids ({exc})", path=path) from exc
     if not isinstance(table, dict):
-        raise ValueError(f"{path}: expected a JSON object of item id -> attribute ids")
+        raise DataError(f"{path}: expected a JSON object of item id -> attribute ids", path=path)
     raw_item_ids = np.asarray(raw_item_ids)
     lists: list[list[int]] = [[] for _ in range(len(raw_item_ids))]
     matched = np.zeros(len(raw_item_ids), dtype=bool)
@@ -197,7 +219,8 @@ def attribute_items(path: str | Path, raw_item_ids: np.ndarray, name: str = "att
         if values is None:
             continue
         if not isinstance(values, list) or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values):
-            raise ValueError(f"{path}: item {raw}: expected a list of attribute ids >= 1, got {str(values)[:80]}")
+            raise DataError(f"{path}: item {raw}: expected a list of attribute ids >= 1, got {str(values)[:80]}",
+                            path=path, field=str(raw))
         matched[i] = True
         lists[i] = values
         largest = max(largest, max(values, default=0))

@@ -21,6 +21,7 @@ import numpy as np
 
 from seqrec.config import DataConfig
 from seqrec.data.dataset import Interactions
+from seqrec.errors import DataError
 
 
 @dataclass
@@ -191,6 +192,23 @@ def time_split(
         if len(users[stage]) == 0:
             raise ValueError(f"data.split=time: no user can be evaluated in {stage} (cuts {cuts[0]:g} / {cuts[1]:g})")
     return TimeSplit(inter, cuts, train_lengths, users, history, cold)
+
+
+def require_evaluable(split: LeaveOneOut | TimeSplit, source: str | None = None) -> None:
+    """Raises ``DataError`` when a stage has no user to evaluate, so no metric could mean anything.
+
+    Leave-one-out evaluates only users with 3 or more events; on data where everybody has 1 or 2, training
+    would run and report NDCG 0 for an empty set of users. ``source`` names the data in the message.
+    """
+    for stage in STAGES:
+        if len(split.users(stage)) == 0:
+            where = f"{source}: " if source else ""
+            if isinstance(split, LeaveOneOut):
+                raise DataError(
+                    f"{where}no user has 3 or more interactions, so nothing can be evaluated (leave-one-out "
+                    "validates on a user's second-to-last event and tests on the last; users with 1 or 2 "
+                    "events are training-only)", path=source)
+            raise DataError(f"{where}no user can be evaluated in {stage}", path=source)
 
 
 def make_split(inter: Interactions, config: DataConfig) -> LeaveOneOut | TimeSplit:

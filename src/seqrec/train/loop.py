@@ -38,7 +38,7 @@ from seqrec.config import EvalConfig, RunConfig, config_to_dict
 from seqrec.data.batches import Batch, BatchBuilder
 from seqrec.data.dataset import Interactions
 from seqrec.data.features import FeatureSet, read_dataset, read_features
-from seqrec.data.split import LeaveOneOut, leave_one_out
+from seqrec.data.split import LeaveOneOut, leave_one_out, require_evaluable
 from seqrec.evaluation.evaluate import evaluate_model, evaluate_popularity, model_ranks
 from seqrec.evaluation.metrics import ranking_metrics
 from seqrec.losses.distributed import all_gather_variable, all_reduce_sum
@@ -376,6 +376,7 @@ def _train(
         raise ValueError("loss.action_weights needs the action type of every event (e.g. TAAC data); this data has none")
     if len(builder.users) == 0:
         raise ValueError("no user has two or more training interactions; nothing to train on")
+    require_evaluable(split, config.data.path)
     _on_rank0(lambda: prepare_run_dir(run_dir, resume=resume, overwrite=overwrite), rank, world)
     seed_everything(tc.seed)
     model = build_model(inter.num_items, config.model, features).to(device)

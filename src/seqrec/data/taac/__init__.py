@@ -7,7 +7,8 @@ both variants. Nothing here assumes a property that only our own generator happe
 Training directory::
 
     seq.jsonl            one JSON list of records per user, in time order
-    seq_offsets.pkl      byte offset of every line (not needed here: the reader streams the file)
+    seq_offsets.pkl      byte offset of every line; unused by training and prediction, which stream the
+                         file; reader.read_seq_offsets(path, seq_path) checks them for random access
     indexer.pkl          {'u': {raw_user_id: reid}, 'i': {creative_id: reid}, 'f': {feat_id: {raw: reid}}}
     item_feat_dict.json  {"<item_reid>": {"<feat_id>": value_reid or [value_reids]}}
     creative_emb/        emb_81_32.pkl (pickled {creative_id: vector}) and emb_<id>_<dim>/ folders of

@@ -18,6 +18,7 @@ from seqrec.data.taac.layout import (
     INT64_MAX,
     INT64_MIN,
     ITEM_FEATURES_FILE,
+    READ_BLOCK,
     SEQ_FILE,
     USER_ARRAY_FEATURES,
     VECTOR_DIR,
@@ -164,17 +165,24 @@ def read_taac(
     )
 
 
-def read_seq_offsets(path: str | Path) -> np.ndarray:
+def read_seq_offsets(path: str | Path, seq_path: str | Path | None = None) -> np.ndarray:
     """Read ``seq_offsets.pkl`` / ``predict_seq_offsets.pkl``: the byte offset of every line.
+
+    Training and prediction never need them (the readers stream ``seq.jsonl``); they serve random access
+    by line number. Code that seeks with them passes ``seq_path``, so that offsets which do not match
+    the file are refused here rather than read as half a line.
 
     Args:
         path: the pickle (loaded with ``safe_load_pickle``: plain data only).
+        seq_path: the ``.jsonl`` file the offsets index; when given, every offset must be the start of
+            a line, one offset per line, the first 0.
 
     Returns:
         (lines,) int64 offsets, strictly increasing.
 
     Raises:
-        ValueError: the pickle holds code, or anything but an increasing list of non-negative ints.
+        TaacFormatError: the pickle holds code, anything but an increasing list of non-negative ints,
+            or (with ``seq_path``) offsets that are not the line starts of that file.
     """
     obj = safe_load_pickle(path)
     if type(obj) not in (list, tuple) or not all(type(x) is int and 0 <= x <= INT64_MAX for x in obj):
@@ -183,7 +191,35 @@ def read_seq_offsets(path: str | Path) -> np.ndarray:
     if offsets.size > 1 and np.any(np.diff(offsets) <= 0):
         bad = int(np.argmax(np.diff(offsets) <= 0)) + 1
         raise TaacFormatError(path, None, f"offsets[{bad}]", "offsets must be strictly increasing")
+    if seq_path is not None:
+        _check_line_starts(Path(path), offsets, Path(seq_path))
     return offsets
+
+
+def _check_line_starts(path: Path, offsets: np.ndarray, seq_path: Path) -> None:
+    """Raises TaacFormatError unless ``offsets`` are exactly the line starts of ``seq_path``."""
+    size = seq_path.stat().st_size
+    data = np.memmap(seq_path, dtype=np.uint8, mode="r") if size else np.zeros(0, np.uint8)
+
+    def newlines_before(end: int) -> int:  # blockwise: the file may be far larger than memory
+        return sum(int(np.count_nonzero(data[i : min(i + READ_BLOCK, end)] == 10)) for i in range(0, end, READ_BLOCK))
+
+    lines = newlines_before(size) + (1 if size and data[-1] != 10 else 0)
+    if offsets.size != lines:
+        raise TaacFormatError(path, None, "offsets", f"{offsets.size} offsets for the {lines} lines of {seq_path}")
+    if not lines:
+        return
+    wrong = offsets >= size
+    wrong[0] |= offsets[0] != 0
+    wrong[1:] |= data[np.minimum(offsets[1:], size) - 1] != 10  # a line starts right after a newline (10)
+    if wrong.any():
+        k = int(np.argmax(wrong))
+        offset = int(offsets[k])
+        if offset >= size:
+            where = f"past the end of {seq_path} ({size} bytes)"
+        else:
+            where = f"inside line {newlines_before(offset) + 1} of {seq_path}, not the start of line {k + 1}"
+        raise TaacFormatError(path, None, f"offsets[{k}]", f"byte {offset} is {where}")
 
 
 def _check_unique_users(path: Path, user_reids: np.ndarray, line_numbers: np.ndarray) -> None:
