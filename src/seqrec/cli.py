@@ -1,4 +1,10 @@
-"""Command line: argparse subcommands that parse and call the library, nothing more."""
+"""Command line: argparse subcommands that parse and call the library, nothing more.
+
+Exit codes (``seqrec.errors`` documents them): 0 success; 2 bad input or a failed run the user can act on
+(a ``SeqrecError``, another ``ValueError``, an ``OSError``), reported in one line, with the traceback
+under ``-v``; 130 interrupted. Anything else is an internal failure: it propagates with its traceback
+(exit status 1).
+"""
 
 from __future__ import annotations
 
@@ -8,11 +14,16 @@ import logging
 import os
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
-from seqrec.config import ConfigError, DataConfig, config_from_dict, load_config
+from seqrec.config import DataConfig, config_from_dict, load_config
+from seqrec.errors import SeqrecError
 
 log = logging.getLogger("seqrec")
+
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
 
 
 def _data_config(stored: dict, data_path: str | None) -> DataConfig:
@@ -106,14 +117,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _read_user_list(users: list[str] | None, users_file: str | None) -> list | None:
     if users_file:
-        path = Path(users_file)
-        if not path.is_file():
-            raise FileNotFoundError(f"users file not found: {path}")
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as exc:
-            raise ValueError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); expected one user id a line") from exc
-        return [line.strip() for line in text.splitlines() if line.strip()]
+        from seqrec.retrieval.ids import read_id_lines
+
+        return read_id_lines(users_file, file_kind="users", id_kind="user")
     return users or None
 
 
@@ -361,13 +367,17 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("faiss").setLevel(logging.WARNING)  # its loader logs CPU-feature probing at INFO
     try:
         return args.func(args)
-    except (ConfigError, ValueError, OSError, RuntimeError) as exc:
-        # OSError: a path that is a file where a directory is needed, a full or read-only disk, ...
+    except (SeqrecError, ValueError, OSError) as exc:
+        # Input the user can fix (ValueError: the library's argument checks; OSError: a missing file, a
+        # file where a directory is needed, a full or read-only disk, ...). Any other exception is a bug
+        # and keeps its traceback.
+        if args.verbose:
+            traceback.print_exc()
         print(f"seqrec {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print(f"seqrec {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":  # pragma: no cover

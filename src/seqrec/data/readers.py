@@ -27,12 +27,9 @@ import numpy as np
 
 from seqrec.config import DataConfig
 from seqrec.data.dataset import Interactions
+from seqrec.errors import DataError
 
 log = logging.getLogger(__name__)
-
-
-class DataError(ValueError):
-    """Bad input data; the message names the file, line and field."""
 
 
 def _open_binary(path: Path):

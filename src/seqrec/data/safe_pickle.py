@@ -21,8 +21,10 @@ from typing import Any
 
 import numpy as np
 
+from seqrec.errors import DataError
 
-class UnsafePickleError(ValueError):
+
+class UnsafePickleError(DataError):
     """A pickle names a global (a class or a callable); loading it could run code.
 
     Attributes:
@@ -32,14 +34,14 @@ class UnsafePickleError(ValueError):
     """
 
     def __init__(self, path: str | Path, module: str, name: str) -> None:
-        self.path = str(path)
+        super().__init__(
+            f"{path}: refused to load global '{module}.{name}': only plain containers and scalars "
+            "(dict, list, tuple, set, int, float, str, bool, None, bytes) are allowed, because "
+            "unpickling a class or callable can run arbitrary code",
+            path=path,
+        )
         self.module = module
         self.name = name
-        super().__init__(
-            f"{self.path}: refused to load global '{module}.{name}': only plain containers and scalars "
-            "(dict, list, tuple, set, int, float, str, bool, None, bytes) are allowed, because "
-            "unpickling a class or callable can run arbitrary code"
-        )
 
 
 def _numeric_dtype(*args: Any) -> np.dtype:

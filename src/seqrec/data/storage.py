@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from seqrec.data.dataset import Interactions
+from seqrec.errors import DataError
 
 FORMAT_NAME = "seqrec-interactions"
 FORMAT_VERSION = 1
@@ -40,7 +41,7 @@ _COPY_CHUNK = 1 << 24  # elements copied per slice when converting a big array o
 _INT32_MAX = np.iinfo(np.int32).max
 
 
-class StorageError(ValueError):
+class StorageError(DataError):
     """A compact interactions directory is missing, incomplete or inconsistent; the message says which file."""
 
 

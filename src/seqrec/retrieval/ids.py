@@ -144,6 +144,27 @@ def ids_array(values: np.ndarray) -> np.ndarray:
     return np.asarray([str(v) for v in items], dtype=str) if items else np.empty(0, dtype="<U1")
 
 
+def read_id_lines(path: str | Path, *, file_kind: str, id_kind: str) -> list[str]:
+    """The ids listed in ``path``, one a line (stripped, blank lines skipped), in file order.
+
+    Args:
+        path: a UTF-8 text file.
+        file_kind, id_kind: how messages name the file and its ids ("users", "user").
+
+    Raises:
+        FileNotFoundError: If ``path`` does not exist.
+        ValueError: If the file is not UTF-8 text.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{file_kind} file not found: {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); expected one {id_kind} id a line") from exc
+    return [v for v in (line.strip() for line in text.splitlines()) if v]
+
+
 def read_candidate_values(path: str | Path) -> list[str]:
     """The raw item ids listed in ``path`` (one per line, stripped, blank lines skipped), in file order.
 
@@ -151,14 +172,7 @@ def read_candidate_values(path: str | Path) -> list[str]:
         FileNotFoundError: If ``path`` does not exist.
         ValueError: If the file is not UTF-8 text or lists no id.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"candidates file not found: {path}")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); expected one item id a line") from exc
-    values = [v for v in (line.strip() for line in text.splitlines()) if v]
+    values = read_id_lines(path, file_kind="candidates", id_kind="item")
     if not values:
         raise ValueError(f"candidates file {path} lists no item id")
     return values

@@ -17,12 +17,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from seqrec.errors import CheckpointError
+
 SCHEMA_VERSION = 1
 REQUIRED_KEYS = ("schema_version", "model", "config", "similarity", "num_items", "item_ids", "user_ids")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint cannot be written or read; the message says which file and why."""
 
 
 def ids_to_list(ids: np.ndarray) -> list:
