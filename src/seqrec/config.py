@@ -32,9 +32,15 @@ class DataConfig:
     # "beauty": Beauty_item2attributes.json next to data.path | "taac": the TAAC directory's own | a path:
     # a directory holding one of those sets, or a {raw_item_id: [attribute ids]} JSON file
     features: str | None = None
-    user_col: str = "user_id"  # CSV/TSV/Parquet column holding the user id
-    item_col: str = "item_id"  # CSV/TSV/Parquet column holding the item id
-    time_col: str | None = None  # optional timestamp column; events are stably sorted by it per user
+    # CSV/TSV: the first row names the columns (true) | false: every row is data (as pandas header=None);
+    # then user_col, item_col and time_col must be 0-based column positions. Parquet always has names.
+    header: bool = True
+    # The id and time columns of CSV/TSV/Parquet: a column name (a string, looked up in the header) or a
+    # 0-based column position (an integer; the only choice with header: false). ``--set data.user_col=0``
+    # is a position, ``--set 'data.user_col="0"'`` a column named 0.
+    user_col: str | int = "user_id"  # column holding the user id
+    item_col: str | int = "item_id"  # column holding the item id
+    time_col: str | int | None = None  # optional timestamp column; events are stably sorted by it per user
     kcore: int = 0  # iterative k-core filter on users and items (0 = off)
     on_bad_line: str = "error"  # error | skip: skipping reports the count, never silently
     # How events become training data and validation/test targets (data/split.py). loo: leave-one-out, each
@@ -58,6 +64,16 @@ class DataConfig:
             raise ConfigError(f"data.split_times: the validation cut must come before the test cut, got {self.split_times}")
         if self.kcore < 0:
             raise ConfigError(f"data.kcore must be >= 0, got {self.kcore}")
+        columns = {"user_col": self.user_col, "item_col": self.item_col, "time_col": self.time_col}
+        for name, col in columns.items():
+            if col == "" or isinstance(col, int) and col < 0:
+                raise ConfigError(f"data.{name} must be a column name or a 0-based position >= 0, got {col!r}")
+            if not self.header and isinstance(col, str):
+                raise ConfigError(f"data.header=false: data.{name} must be a 0-based column position (an integer), "
+                                  f"got the name {col!r}")
+        chosen = [col for col in columns.values() if col is not None]
+        if len(set(chosen)) < len(chosen):
+            raise ConfigError(f"data.user_col, data.item_col and data.time_col must name different columns, got {chosen}")
         if self.synthetic_users < 1 or self.synthetic_items < 2:
             raise ConfigError("data.synthetic_users must be >= 1 and data.synthetic_items >= 2")
 
@@ -158,10 +174,10 @@ class TrainConfig:
     # sequences per optimizer step, over all ranks (the global batch); None = from the data (train/auto.py:
     # the largest power of two <= training users / 150, within [32, 256])
     batch_size: int | None = None
-    lr: float = 1e-3  # peak learning rate
+    lr: float = 3e-3  # peak learning rate (BENCHMARKS.md "the plateau": 3e-3 left it in the first epoch, 1e-3 did not)
     weight_decay: float = 0.0  # AdamW decoupled weight decay (0 = plain Adam behaviour)
     betas: tuple[float, float] = (0.9, 0.98)  # Adam betas
-    warmup_steps: int = 100  # linear warm-up steps
+    warmup_steps: int = 20  # linear warm-up steps
     lr_decay: str = "none"  # none | cosine (to 10% of lr at the last epoch)
     clip_grad_norm: float | None = 1.0  # gradient clipping (None = off)
     seed: int = 42  # seeds data order, negatives, initialisation and dropout
