@@ -280,10 +280,10 @@ def test_nan_loss_through_the_cli(tmp_path, monkeypatch, capsys):
     _poison_loss_at(monkeypatch, 4, float("nan"), best, seen)  # 2 steps per epoch: epoch 2, step 1
     code = main(["train", "--out", str(run), "--quiet", "--set", "train.epochs=3", "--set", "data.synthetic_users=100",
                  "--set", "train.batch_size=64", "--set", "model.hidden_dim=8", "--set", "model.maxlen=10",
-                 "--set", "train.num_threads=1"])
+                 "--set", "train.num_threads=1", "--set", "train.warmup_steps=0"])
     err = capsys.readouterr().err
     assert code == 2
-    assert "seqrec train: error: loss is nan at epoch 2 step 1 (global step 3), lr 0.001, loss infonce" in err
+    assert "seqrec train: error: loss is nan at epoch 2 step 1 (global step 3), lr 0.003, loss infonce" in err
     assert best.read_bytes() == seen["bytes"] and best.stat().st_mtime_ns == seen["mtime"]
 
 

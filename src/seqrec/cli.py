@@ -90,7 +90,7 @@ def _table(rows: dict[str, dict[str, float]], ks: tuple[int, ...]) -> str:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from seqrec.data.readers import read_interactions
-    from seqrec.data.split import leave_one_out
+    from seqrec.data.split import make_split
     from seqrec.evaluation.evaluate import evaluate_model, evaluate_popularity
     from seqrec.retrieval.recommend import load_model
 
@@ -100,7 +100,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     inter = read_interactions(_data_config(stored["data"], args.data))
     if inter.num_items != loaded.model.num_items:
         raise ValueError(f"the data has {inter.num_items} items, the checkpoint {loaded.model.num_items}")
-    split = leave_one_out(inter)
+    split = make_split(inter, _data_config(stored["data"], args.data))
     out = {}
     for stage in ("valid", "test"):
         out[stage] = evaluate_model(loaded.model, split, stage, loaded.similarity, eval_config, progress=not args.quiet)
@@ -108,7 +108,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(out))
     else:
-        print(f"{loaded.state['path']}: {len(split.eval_users)} users, {inter.num_items} items, "
+        print(f"{loaded.state['path']}: {len(split.users('valid'))} / {len(split.users('test'))} validation / test users, {inter.num_items} items, "
               f"similarity {loaded.similarity}, history {'filtered' if eval_config.filter_seen else 'kept'}")
         print(_table({"valid": out["valid"], "test": out["test"], "popularity (valid)": out["popularity"]["valid"],
                       "popularity (test)": out["popularity"]["test"]}, eval_config.ks))

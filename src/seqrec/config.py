@@ -202,6 +202,7 @@ class TrainConfig:
     # decay on it), AdamW for the rest. Much faster with millions of items (benchmarks/results/scale.md);
     # needs loss.mode=pool and one process. See seqrec/train/sparse.py.
     sparse_embeddings: bool = False
+    tensorboard: bool = False  # also write TensorBoard event files to RUN/tensorboard (pip install 'seqrec[tensorboard]')
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or (self.batch_size is not None and self.batch_size < 1) or self.eval_every < 1:

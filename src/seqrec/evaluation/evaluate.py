@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from seqrec.config import EvalConfig
 from seqrec.data.batches import left_padded_windows
 from seqrec.data.dataset import PAD_ID
-from seqrec.data.split import LeaveOneOut
+from seqrec.data.split import LeaveOneOut, TimeSplit
 from seqrec.evaluation.metrics import ranking_metrics
 from seqrec.model.sasrec import SASRec, score_items
 
@@ -52,7 +52,7 @@ def seen_mask(histories: torch.Tensor, num_items: int) -> torch.Tensor:
     return mask
 
 
-def _full_histories(split: LeaveOneOut, users: np.ndarray, lengths: np.ndarray) -> torch.Tensor:
+def _full_histories(split: LeaveOneOut | TimeSplit, users: np.ndarray, lengths: np.ndarray) -> torch.Tensor:
     inter = split.interactions
     starts = inter.offsets[users]
     width = max(int(lengths.max()), 1)
@@ -62,7 +62,7 @@ def _full_histories(split: LeaveOneOut, users: np.ndarray, lengths: np.ndarray) 
 @torch.no_grad()
 def model_ranks(
     model: SASRec,
-    split: LeaveOneOut,
+    split: LeaveOneOut | TimeSplit,
     stage: str,
     similarity: str,
     config: EvalConfig,
@@ -78,7 +78,7 @@ def model_ranks(
     """
     was_training = model.training
     model.eval()
-    users = split.eval_users[share]
+    users = split.users(stage)[share]
     lengths = split.history_lengths(stage)[share]
     targets = split.targets(stage)[share]
     inter = split.interactions
@@ -103,13 +103,13 @@ def model_ranks(
     return out
 
 
-def popularity_ranks(split: LeaveOneOut, stage: str, config: EvalConfig) -> np.ndarray:
+def popularity_ranks(split: LeaveOneOut | TimeSplit, stage: str, config: EvalConfig) -> np.ndarray:
     """Ranks under the popularity baseline: items scored by their training-set frequency."""
     inter = split.interactions
     within = np.arange(len(inter.items)) - np.repeat(inter.offsets[:-1], inter.lengths)
     train_events = inter.items[within < np.repeat(split.train_lengths, inter.lengths)]
     counts = torch.from_numpy(np.bincount(train_events, minlength=inter.num_items + 1).astype(np.float32))
-    users = split.eval_users
+    users = split.users(stage)
     lengths = split.history_lengths(stage)
     targets = split.targets(stage)
     out = np.empty(len(users), dtype=np.int64)
@@ -123,7 +123,7 @@ def popularity_ranks(split: LeaveOneOut, stage: str, config: EvalConfig) -> np.n
 
 def evaluate_model(
     model: SASRec,
-    split: LeaveOneOut,
+    split: LeaveOneOut | TimeSplit,
     stage: str,
     similarity: str,
     config: EvalConfig,
@@ -134,5 +134,5 @@ def evaluate_model(
     return ranking_metrics(model_ranks(model, split, stage, similarity, config, device=device, progress=progress), config.ks)
 
 
-def evaluate_popularity(split: LeaveOneOut, stage: str, config: EvalConfig) -> dict[str, float]:
+def evaluate_popularity(split: LeaveOneOut | TimeSplit, stage: str, config: EvalConfig) -> dict[str, float]:
     return ranking_metrics(popularity_ranks(split, stage, config), config.ks)

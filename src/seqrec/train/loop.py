@@ -17,11 +17,9 @@ import inspect
 import json
 import logging
 import math
-import os
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,14 +29,15 @@ import torch.distributed as dist
 import yaml
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from seqrec.config import EvalConfig, RunConfig, config_to_dict
 from seqrec.data.batches import Batch, BatchBuilder
 from seqrec.data.dataset import Interactions
 from seqrec.data.features import FeatureSet, read_dataset, read_features
-from seqrec.data.split import LeaveOneOut, leave_one_out, require_evaluable
+from seqrec.data.split import LeaveOneOut, TimeSplit, make_split, require_evaluable
+from seqrec.errors import NonFiniteLossError, RunDirError
 from seqrec.evaluation.evaluate import evaluate_model, evaluate_popularity, model_ranks
 from seqrec.evaluation.metrics import ranking_metrics
 from seqrec.losses.distributed import all_gather_variable, all_reduce_sum
@@ -54,22 +53,23 @@ from seqrec.train.checkpoint import (
     set_rng_state,
 )
 from seqrec.train.objective import Objective
+from seqrec.train.processes import (
+    RankBatches,
+    enable_tf32,
+    from_rank0,
+    join_process_group,
+    on_rank0,
+    seed_rank_dropout,
+)
+from seqrec.train.run_dir import append_jsonl, check_run_dir, prepare_run_dir, truncate_metrics
 from seqrec.train.schedule import learning_rate, seed_everything
 from seqrec.train.sparse import check_sparse_setup, clip_grad_norm, make_optimizer
+from seqrec.train.tensorboard import TensorboardLog
 
 log = logging.getLogger(__name__)
 
-RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoints")
 _DDP_ARGS = inspect.signature(DistributedDataParallel.__init__).parameters
 LOG_EVERY_SECONDS = 30.0  # without a progress bar, a progress line at most this often inside an epoch
-
-
-class RunDirError(ValueError):
-    """The run directory cannot be used as asked (exists without --resume/--overwrite, not writable, ...)."""
-
-
-class NonFiniteLossError(RuntimeError):
-    """Training produced a NaN or infinite loss."""
 
 
 @dataclass
@@ -81,82 +81,6 @@ class TrainResult:
     popularity_test: dict[str, float]
     epochs_run: int
     train_seconds: float
-
-
-def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
-    """``train.device`` -> a device; with ``local_rank`` (one of several processes) auto/cuda mean that GPU."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if local_rank is not None and name.startswith("cuda:"):
-        raise ValueError(f"train.device={name} would put every rank on one GPU; use auto or cuda with "
-                         "several processes (each rank takes cuda:LOCAL_RANK)")
-    if local_rank is not None and name == "cuda":
-        return torch.device("cuda", local_rank)
-    return torch.device(name)
-
-
-def join_process_group(device_name: str) -> tuple[int, int, torch.device, bool]:
-    """Joins the process group of a multi-process run, or stays a single process.
-
-    A group is joined when one is already initialised or when torchrun's environment says there are
-    several processes (WORLD_SIZE > 1; RANK, LOCAL_RANK, MASTER_ADDR/PORT): NCCL on CUDA, gloo on CPU.
-
-    Returns:
-        ``(rank, world_size, device, created)``; ``created``: this call initialised the group, so the
-        caller destroys it when done.
-    """
-    initialised = dist.is_available() and dist.is_initialized()
-    world = dist.get_world_size() if initialised else int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return 0, 1, resolve_device(device_name), False
-    default_local = dist.get_rank() if initialised else 0
-    device = resolve_device(device_name, int(os.environ.get("LOCAL_RANK", default_local)))
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    if not initialised:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return dist.get_rank(), world, device, not initialised
-
-
-def _on_rank0(fn: Callable[[], Any], rank: int, world: int) -> None:
-    """Runs ``fn`` on rank 0 only; an exception it raises is raised on every rank, so none waits forever."""
-    error = None
-    if rank == 0:
-        try:
-            fn()
-        except Exception as exc:
-            error = exc
-    if world > 1:
-        shared = [error]
-        dist.broadcast_object_list(shared, src=0)
-        error = shared[0]
-    if error is not None:
-        raise error
-
-
-def _from_rank0(value: float, device: torch.device) -> float:
-    """Rank 0's ``value`` on every rank (wall-clock decisions must not differ between ranks)."""
-    tensor = torch.tensor([value], dtype=torch.float64, device=device)
-    dist.broadcast(tensor, src=0)
-    return float(tensor.item())
-
-
-def _seed_rank_dropout(seed: int, rank: int, step: int) -> None:
-    """Gives rank > 0 its own dropout stream, derived from (seed, rank, step).
-
-    Rank 0 keeps the single-process stream (restored from the checkpoint on resume); without this every
-    rank would draw the same masks for its rows.
-    """
-    torch.manual_seed(int(np.random.SeedSequence([seed, rank, step]).generate_state(1)[0]))
-
-
-def _enable_tf32() -> None:
-    """TF32 tensor-core matmuls for float32 on CUDA (10-bit mantissa products, float32 accumulation)."""
-    matmul = torch.backends.cuda.matmul
-    if hasattr(matmul, "fp32_precision"):  # torch >= 2.9
-        matmul.fp32_precision = "tf32"
-    else:
-        matmul.allow_tf32 = True
 
 
 class _LossModule(nn.Module):
@@ -175,33 +99,8 @@ class _LossModule(nn.Module):
         return self.objective(self.model, batch, generator)
 
 
-class _RankBatches(Dataset):
-    """Item i: this rank's contiguous share of global batch ``start_step + i`` of ``epoch``.
-
-    Every rank builds the global batch (users and negatives) from (seed, epoch, step) exactly as a single
-    process does and keeps its rows, so data and negatives do not depend on the number of processes, and
-    any step can be built in any DataLoader worker.
-    """
-
-    def __init__(self, builder: BatchBuilder, seed: int, epoch: int, batch_size: int, start_step: int,
-                 rank: int, world: int):
-        self.builder, self.seed, self.epoch, self.batch_size = builder, seed, epoch, batch_size
-        self.start_step, self.rank, self.world = start_step, rank, world
-        self.order = builder.epoch_order(seed, epoch, batch_size)
-
-    def __len__(self) -> int:
-        return self.builder.num_batches(self.batch_size) - self.start_step
-
-    def __getitem__(self, i: int) -> Batch:
-        batch = self.builder.batch(self.seed, self.epoch, self.start_step + i, self.batch_size, self.order)
-        n = len(batch.users)
-        lo, hi = n * self.rank // self.world, n * (self.rank + 1) // self.world
-        return Batch(**{f.name: None if getattr(batch, f.name) is None else getattr(batch, f.name)[lo:hi]
-                        for f in fields(batch)})
-
-
 def _evaluate(
-    model: SASRec, split: LeaveOneOut, stage: str, similarity: str, config: EvalConfig,
+    model: SASRec, split: LeaveOneOut | TimeSplit, stage: str, similarity: str, config: EvalConfig,
     device: torch.device, rank: int, world: int,
 ) -> dict[str, float]:
     """Metrics over every evaluated user, the same on every rank.
@@ -210,7 +109,7 @@ def _evaluate(
     """
     if world == 1:
         return evaluate_model(model, split, stage, similarity, config, device=device)
-    n = len(split.eval_users)
+    n = len(split.users(stage))
     share = slice(n * rank // world, n * (rank + 1) // world)
     ranks = model_ranks(model, split, stage, similarity, config, device=device, share=share)
     gathered, _ = all_gather_variable(torch.from_numpy(ranks).to(device))
@@ -224,69 +123,7 @@ def _clock(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
-def check_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> bool:
-    """Raises RunDirError if ``run_dir`` cannot be used as asked; changes nothing. Returns: it holds a run."""
-    if resume and overwrite:
-        raise RunDirError("--resume and --overwrite contradict each other")
-    if run_dir.exists() and not run_dir.is_dir():
-        raise RunDirError(f"{run_dir} exists and is not a directory; --out names the run directory")
-    existing = run_dir.is_dir() and any((run_dir / name).exists() for name in RUN_FILES)
-    if existing and not (resume or overwrite):
-        raise RunDirError(f"{run_dir} already holds a run; pass --resume to continue it or --overwrite to replace it")
-    if resume and not (run_dir / "checkpoints" / "last.pt").is_file():
-        raise RunDirError(f"--resume: no checkpoint at {run_dir / 'checkpoints' / 'last.pt'}")
-    return existing
-
-
-def prepare_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
-    """Creates ``run_dir``; refuses to reuse one that holds a run unless resuming or overwriting.
-
-    Call it once the data and model are known to be usable: with ``overwrite`` it deletes the old run.
-    """
-    existing = check_run_dir(run_dir, resume=resume, overwrite=overwrite)
-    # A kill during an atomic write leaves its temporary file behind; it is never read, only removed.
-    for stale in (run_dir / "checkpoints").glob(".*.pt.*.tmp") if existing else ():
-        stale.unlink(missing_ok=True)
-    if overwrite and existing:
-        for name in ("metrics.jsonl", "results.json"):
-            (run_dir / name).unlink(missing_ok=True)
-        for name in ("last.pt", "best.pt"):
-            (run_dir / "checkpoints" / name).unlink(missing_ok=True)
-    try:
-        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise RunDirError(f"run directory {run_dir} is not writable: {exc.strerror or exc}") from exc
-
-
-def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(record) + "\n")
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """On resume, drops records written after the checkpoint being resumed (they will be rewritten)."""
-    if not path.is_file():
-        return
-    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    keep = []
-    for lineno, line in enumerate(lines, start=1):
-        if not line:
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            if lineno == len(lines):
-                break  # a record torn by a kill mid-append; the resumed run writes it again
-            raise RunDirError(f"{path}:{lineno}: not a JSON record ({exc.msg}); fix or remove the line to resume") from exc
-        if record.get("step", 0) <= step:
-            keep.append(line)
-    atomic_write(path, lambda h: h.write("".join(line + "\n" for line in keep).encode()))
-
-
-def item_counts(split: LeaveOneOut) -> np.ndarray:
+def item_counts(split: LeaveOneOut | TimeSplit) -> np.ndarray:
     inter = split.interactions
     within = np.arange(len(inter.items)) - np.repeat(inter.offsets[:-1], inter.lengths)
     train_events = inter.items[within < np.repeat(split.train_lengths, inter.lengths)]
@@ -347,12 +184,12 @@ def _train(
     """The body of :func:`train` on one rank of ``world`` (1 = a single process)."""
     command_started = time.perf_counter()  # train.max_minutes counts from here, data reading included
     # Only checks here: --overwrite deletes the old run once the data below has proved readable.
-    _on_rank0(lambda: check_run_dir(run_dir, resume=resume, overwrite=overwrite), rank, world)
+    on_rank0(lambda: check_run_dir(run_dir, resume=resume, overwrite=overwrite), rank, world)
     tc = config.train
     if tc.num_threads:
         torch.set_num_threads(tc.num_threads)
     if device.type == "cuda":
-        _enable_tf32()
+        enable_tf32()
         if tc.precision == "bf16" and not torch.cuda.is_bf16_supported():
             raise ValueError(f"train.precision=bf16: {torch.cuda.get_device_name(device)} has no bfloat16 support")
 
@@ -362,7 +199,9 @@ def _train(
     else:
         inter = interactions
         features = features if features is not None else read_features(config.data, inter)
-    split = leave_one_out(inter)
+    split = make_split(inter, config.data)
+    if isinstance(split, TimeSplit) and rank == 0:
+        log.info("%s", split.summary())
     config, chosen = resolve_auto(config, split.train_lengths)
     tc = config.train
     if chosen and rank == 0:
@@ -377,7 +216,8 @@ def _train(
     if len(builder.users) == 0:
         raise ValueError("no user has two or more training interactions; nothing to train on")
     require_evaluable(split, config.data.path)
-    _on_rank0(lambda: prepare_run_dir(run_dir, resume=resume, overwrite=overwrite), rank, world)
+    on_rank0(lambda: prepare_run_dir(run_dir, resume=resume, overwrite=overwrite), rank, world)
+    tensorboard = TensorboardLog(run_dir) if tc.tensorboard and rank == 0 else None
     seed_everything(tc.seed)
     model = build_model(inter.num_items, config.model, features).to(device)
     objective = Objective(config.loss, item_counts(split), precision=tc.precision, distributed=world > 1).to(device)
@@ -411,7 +251,7 @@ def _train(
         best_valid = state.get("best_valid")
         eval_seconds = state.get("eval_seconds", 0.0)
         if rank == 0:
-            _truncate_metrics(metrics_path, step)
+            truncate_metrics(metrics_path, step)
             log.info("resumed %s at epoch %d step %d on %d process(es)", run_dir, epoch, epoch_step, world)
     elif rank == 0:
         text = yaml.safe_dump(config_to_dict(config), sort_keys=False)
@@ -419,7 +259,7 @@ def _train(
         cmd = " ".join(command if command is not None else sys.argv)
         atomic_write(run_dir / "command.txt", lambda h: h.write((cmd + "\n").encode()))
     if rank > 0:
-        _seed_rank_dropout(tc.seed, rank, step)
+        seed_rank_dropout(tc.seed, rank, step)
     # What a step calls: the (compiled) encoder and the objective, under DDP with several processes.
     # Evaluation and checkpoints use the plain ``model``, which shares the parameters.
     step_module: nn.Module = _LossModule(torch.compile(model) if tc.compile else model, objective)
@@ -437,7 +277,7 @@ def _train(
     def wall_seconds() -> float:
         """Seconds this run has taken so far, earlier invocations included (the same on every rank)."""
         now = wall_before + time.perf_counter() - command_started
-        return _from_rank0(now, device) if world > 1 else now
+        return from_rank0(now, device) if world > 1 else now
 
     def checkpoint_state() -> dict[str, Any]:
         # Rank 0 alone calls this, so it must not run a collective: wall_seconds()'s broadcast here met
@@ -477,7 +317,7 @@ def _train(
         started = time.perf_counter()
         out_of_time = False
         loader = DataLoader(
-            _RankBatches(builder, tc.seed, epoch, tc.batch_size, epoch_step, rank, world),
+            RankBatches(builder, tc.seed, epoch, tc.batch_size, epoch_step, rank, world),
             batch_size=None, num_workers=tc.num_workers, pin_memory=pin,
             # Its own generator: an iterator draws a worker base seed, which from the global RNG would
             # shift the dropout stream of a resumed epoch (batches depend on (seed, epoch, step) only).
@@ -532,7 +372,7 @@ def _train(
                 save_checkpoint({**checkpoint_state(), "train_seconds": train_seconds_now}, run_dir / "checkpoints" / "last.pt")
         epoch_seconds = time.perf_counter() - started
         if world > 1:
-            epoch_seconds = _from_rank0(epoch_seconds, device)  # the time budget must stop every rank alike
+            epoch_seconds = from_rank0(epoch_seconds, device)  # the time budget must stop every rank alike
         train_seconds += epoch_seconds
         epoch += 1
         epoch_step = 0  # a budget stop inside the epoch ends the run: its remaining steps are never needed
@@ -571,7 +411,9 @@ def _train(
                 save_checkpoint(state, run_dir / "checkpoints" / "best.pt")
             # The record goes first: a kill between the two then resumes from the older last.pt, whose
             # resume drops this record and writes it again; the other order would lose it for good.
-            _append_jsonl(metrics_path, record)
+            append_jsonl(metrics_path, record)
+            if tensorboard is not None:
+                tensorboard.epoch(record)
             save_checkpoint(state, run_dir / "checkpoints" / "last.pt")
 
     # ---- test, once, on the model selected by validation
@@ -593,4 +435,6 @@ def _train(
     text = json.dumps(results, indent=2) + "\n"
     if rank == 0:
         atomic_write(run_dir / "results.json", lambda h: h.write(text.encode()))
+    if tensorboard is not None:
+        tensorboard.close()
     return TrainResult(run_dir, best_epoch, valid_best, test, pop, epoch, train_seconds)
