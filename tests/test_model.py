@@ -49,3 +49,16 @@ def test_score_items_cosine_vs_dot():
     items = torch.tensor([[1.0, 0.0], [0.0, 10.0]])
     torch.testing.assert_close(score_items(u, items, "dot"), torch.tensor([[3.0, 40.0]]))
     torch.testing.assert_close(score_items(u, items, "cosine"), torch.tensor([[0.6, 0.8]]))
+
+
+def test_attention_key_bias_gets_no_gradient():
+    """The key third of qkv.bias only shifts each query's logits by a constant (see CausalSelfAttention)."""
+    model = _model()
+    model.train()
+    ids = torch.tensor([[0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9], [0] * 6 + [3, 1, 4, 1, 5, 9]])
+    model(ids).pow(2).sum().backward()
+    for block in model.blocks:
+        grad = block.attn.qkv.bias.grad
+        d = grad.numel() // 3
+        assert grad[:d].abs().max() > 1e-4 and grad[2 * d :].abs().max() > 1e-4  # query and value biases learn
+        assert grad[d : 2 * d].abs().max() < 1e-5  # the key bias does not

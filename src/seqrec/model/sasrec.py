@@ -34,6 +34,10 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, dim: int, num_heads: int, dropout: float):
         super().__init__()
         self.num_heads = num_heads
+        # The key third of qkv.bias gets no gradient (q . (k + b) = q . k + q . b shifts every logit of a
+        # query by the same amount, which softmax ignores); it is zero-initialised and stays zero. It is
+        # kept because dropping it changes the checkpoint layout (qkv.bias is 3 * dim) and the fused qkv
+        # projection, for dim parameters a block; tests/test_model.py checks that its gradient stays zero.
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
         self.dropout = dropout
