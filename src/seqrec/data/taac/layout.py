@@ -6,7 +6,7 @@ Every format violation is a ``TaacFormatError`` naming the file, the line and th
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +111,19 @@ def json_line(path: Path, line_no: int, raw: bytes) -> Any:
         raise TaacFormatError(path, line_no, "line", "JSON nested too deeply") from exc
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are both ValueErrors
         raise TaacFormatError(path, line_no, "line", f"not valid JSON, possibly truncated ({exc})") from exc
+
+
+def json_lines(path: Path, bar: tqdm | None = None) -> Iterator[tuple[int, Any]]:
+    """``(1-based line number, parsed value)`` of every non-blank line of a JSON-lines file.
+
+    ``bar`` (a byte-count bar, see ``progress_bar``) advances by every line read, blank ones too.
+    """
+    with open(path, "rb") as f:
+        for line_no, raw in enumerate(f, 1):
+            if bar is not None:
+                bar.update(len(raw))
+            if raw.strip():
+                yield line_no, json_line(path, line_no, raw)
 
 
 def feature_sort_key(key: str) -> tuple[int, int, str]:

@@ -21,7 +21,7 @@ from seqrec.data.taac.layout import (
     describe,
     existing_dir,
     id_array,
-    json_line,
+    json_lines,
     norm_cid,
     object_array,
     progress_bar,
@@ -194,20 +194,16 @@ def read_taac_targets(directory: str | Path) -> tuple[np.ndarray, np.ndarray]:
     path = required_file(Path(directory) / PREDICT_TARGETS_FILE)
     users: list[Any] = []
     targets: list[Any] = []
-    with open(path, "rb") as f:
-        for line_no, raw in enumerate(f, 1):
-            if not raw.strip():
-                continue
-            obj = json_line(path, line_no, raw)
-            if type(obj) is not dict or "user_id" not in obj or "creative_id" not in obj:
-                raise TaacFormatError(path, line_no, "line", 'expected {"user_id": ..., "creative_id": ...}')
-            for key in ("user_id", "creative_id"):
-                if norm_cid(obj[key]) is None:
-                    raise TaacFormatError(
-                        path, line_no, key, f"expected an int or str, got {describe(obj[key])}"
-                    )
-            users.append(obj["user_id"])
-            targets.append(obj["creative_id"])
+    for line_no, obj in json_lines(path):
+        if type(obj) is not dict or "user_id" not in obj or "creative_id" not in obj:
+            raise TaacFormatError(path, line_no, "line", 'expected {"user_id": ..., "creative_id": ...}')
+        for key in ("user_id", "creative_id"):
+            if norm_cid(obj[key]) is None:
+                raise TaacFormatError(
+                    path, line_no, key, f"expected an int or str, got {describe(obj[key])}"
+                )
+        users.append(obj["user_id"])
+        targets.append(obj["creative_id"])
     return object_array(users), object_array(targets)
 
 
@@ -236,12 +232,8 @@ def _read_candidates(
     creative_ids: list[Any] = []
     retrieval_ids: list[Any] = []
     columns = FeatureColumns(path, lenient=True)
-    with open(path, "rb") as f, progress_bar(path, progress) as bar:
-        for line_no, raw in enumerate(f, 1):
-            bar.update(len(raw))
-            if not raw.strip():
-                continue
-            obj = json_line(path, line_no, raw)
+    with progress_bar(path, progress) as bar:
+        for line_no, obj in json_lines(path, bar):
             if type(obj) is not dict or "creative_id" not in obj or "retrieval_id" not in obj:
                 raise TaacFormatError(
                     path,

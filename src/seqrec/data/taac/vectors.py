@@ -16,7 +16,7 @@ from seqrec.data.taac.layout import (
     TaacFormatError,
     describe,
     feature_sort_key,
-    json_line,
+    json_lines,
     norm_cid,
 )
 
@@ -94,6 +94,18 @@ def _vector(value: Any, dim: int, path: Path, line: int | None, field: str) -> n
     return vector
 
 
+def _place(
+    cid: int | str, vector: np.ndarray, cid_rows: dict[int | str, int], matrix: np.ndarray, present: np.ndarray
+) -> bool:
+    """Puts ``vector`` in the row of creative ``cid``; False when ``cid`` has no row (another creative)."""
+    row = cid_rows.get(cid)
+    if row is None:
+        return False
+    matrix[row] = vector
+    present[row] = True
+    return True
+
+
 def _fill_vectors_from_pickle(
     path: Path, dim: int, cid_rows: dict[int | str, int], matrix: np.ndarray, present: np.ndarray
 ) -> int:
@@ -108,12 +120,7 @@ def _fill_vectors_from_pickle(
         if cid is None:
             raise TaacFormatError(path, None, f"key {raw!r}", "creative_id must be an int or a str")
         vector = _vector(value, dim, path, None, f"creative_id {raw!r}")
-        row = cid_rows.get(cid)
-        if row is None:
-            unknown += 1
-            continue
-        matrix[row] = vector
-        present[row] = True
+        unknown += not _place(cid, vector, cid_rows, matrix, present)
     return unknown
 
 
@@ -134,32 +141,22 @@ def _fill_vectors_from_parts(
         total=total, unit="B", unit_scale=True, desc=folder.name, disable=not progress, leave=False
     ) as bar:
         for part in parts:
-            with open(part, "rb") as f:
-                for line_no, raw in enumerate(f, 1):
-                    bar.update(len(raw))
-                    if not raw.strip():
-                        continue
-                    obj = json_line(part, line_no, raw)
-                    if type(obj) is not dict or "anonymous_cid" not in obj or "emb" not in obj:
-                        raise TaacFormatError(
-                            part,
-                            line_no,
-                            "line",
-                            'expected {"anonymous_cid": <creative_id>, "emb": [floats]}',
-                        )
-                    cid = norm_cid(obj["anonymous_cid"])
-                    if cid is None:
-                        raise TaacFormatError(
-                            part,
-                            line_no,
-                            "anonymous_cid",
-                            f"expected an int or str, got {describe(obj['anonymous_cid'])}",
-                        )
-                    vector = _vector(obj["emb"], dim, part, line_no, "emb")
-                    row = cid_rows.get(cid)
-                    if row is None:
-                        unknown += 1
-                        continue
-                    matrix[row] = vector
-                    present[row] = True
+            for line_no, obj in json_lines(part, bar):
+                if type(obj) is not dict or "anonymous_cid" not in obj or "emb" not in obj:
+                    raise TaacFormatError(
+                        part,
+                        line_no,
+                        "line",
+                        'expected {"anonymous_cid": <creative_id>, "emb": [floats]}',
+                    )
+                cid = norm_cid(obj["anonymous_cid"])
+                if cid is None:
+                    raise TaacFormatError(
+                        part,
+                        line_no,
+                        "anonymous_cid",
+                        f"expected an int or str, got {describe(obj['anonymous_cid'])}",
+                    )
+                vector = _vector(obj["emb"], dim, part, line_no, "emb")
+                unknown += not _place(cid, vector, cid_rows, matrix, present)
     return unknown
