@@ -14,6 +14,8 @@ resolved values are what ``config.yaml`` and the checkpoint record. Each rule, a
 - ``train.batch_size`` = the largest power of two <= (training users / 150), within [32, 256]: at least
   ~150 optimizer steps per epoch. In the screen the number of steps per epoch was the strongest lever
   (batch 32 +96%, 64 +80% against 128 at the same time); below 32 a CPU step stops getting cheaper.
+- ``loss.mode`` ``auto`` with ``train.sparse_embeddings`` is the note's pool: a full softmax would touch
+  every row of the table, which is what sparse updates avoid.
 """
 
 from __future__ import annotations
@@ -57,13 +59,16 @@ def resolve_auto(config: RunConfig, train_lengths: np.ndarray) -> tuple[RunConfi
     """
     users = train_lengths[train_lengths >= 2]  # the users that give training pairs
     chosen: dict[str, object] = {}
-    model, train = {}, {}
+    model, train, loss = {}, {}, {}
     if config.model.maxlen is None:
         model["maxlen"] = chosen["model.maxlen"] = auto_maxlen(users)
     if config.model.dropout is None:
         model["dropout"] = chosen["model.dropout"] = auto_dropout(users)
     if config.train.batch_size is None:
         train["batch_size"] = chosen["train.batch_size"] = auto_batch_size(len(users))
+    if config.train.sparse_embeddings and config.loss.mode == "auto":
+        # sparse rows are for catalogues too large to score whole: the pool, whatever the size
+        loss["mode"] = chosen["loss.mode"] = "pool"
     if not chosen:
         return config, chosen
-    return replace(config, model=model, train=train), chosen
+    return replace(config, model=model, train=train, loss=loss), chosen
