@@ -147,3 +147,20 @@ def test_a_long_first_epoch_is_cut_when_the_budget_runs_out(tmp_path, monkeypatc
     assert records == records[:1] and records[0]["stopped"] == "time budget (inside the epoch)"
     assert records[0]["step"] == 2 and result.best_epoch == 1  # validated, so there is a best checkpoint
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")["step"] == 2
+
+
+def test_plateau_decay_halves_the_lr_after_each_run_of_bad_validations(tmp_path, monkeypatch):
+    scores = iter([0.3, 0.2, 0.2, 0.2, 0.4, 0.1, 0.1, 0.1, 0.1])  # best at 1, 3 bad, best at 5, 4 bad
+    original = loop._evaluate
+
+    def scripted(*args, **kwargs):
+        metrics = original(*args, **kwargs)
+        return {**metrics, "ndcg@10": next(scores, 0.0)} if args[2] == "valid" and not scripted.final else metrics
+
+    scripted.final = False
+    monkeypatch.setattr(loop, "_evaluate", scripted)
+    cfg = tiny_config(train={"epochs": 9, "lr_decay": "plateau", "plateau_patience": 3, "lr": 0.004})
+    train(cfg, tmp_path / "run", progress=False, command=["test"])
+    lrs = [json.loads(x)["lr"] for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    # lr of each epoch's last step: halved after epoch 4 (third bad), kept through the new best, halved after 8
+    assert lrs == pytest.approx([0.004] * 4 + [0.002] * 4 + [0.001])

@@ -178,7 +178,10 @@ class TrainConfig:
     weight_decay: float = 0.0  # AdamW decoupled weight decay (0 = plain Adam behaviour)
     betas: tuple[float, float] = (0.9, 0.98)  # Adam betas
     warmup_steps: int = 20  # linear warm-up steps
-    lr_decay: str = "none"  # none | cosine (to 10% of lr at the last epoch)
+    # none | cosine (to 10% of lr at the last epoch) | plateau: halve the lr each time validation has not
+    # improved for plateau_patience validations in a row (the fast start of a high lr, then the fine tuning)
+    lr_decay: str = "plateau"
+    plateau_patience: int = 3
     clip_grad_norm: float | None = 1.0  # gradient clipping (None = off)
     seed: int = 42  # seeds data order, negatives, initialisation and dropout
     eval_every: int = 1  # validate every N epochs
@@ -213,7 +216,9 @@ class TrainConfig:
             raise ConfigError(f"train.lr must fit in float32 (<= 3.4e38), got {self.lr}")
         if self.weight_decay < 0 or self.warmup_steps < 0 or self.patience < 0 or self.checkpoint_every_steps < 0:
             raise ConfigError("train.weight_decay, warmup_steps, patience, checkpoint_every_steps must be >= 0")
-        _check_choice("train.lr_decay", self.lr_decay, ("none", "cosine"))
+        _check_choice("train.lr_decay", self.lr_decay, ("none", "cosine", "plateau"))
+        if self.plateau_patience < 1:
+            raise ConfigError(f"train.plateau_patience must be >= 1, got {self.plateau_patience}")
         if self.clip_grad_norm is not None and self.clip_grad_norm <= 0:
             raise ConfigError(f"train.clip_grad_norm must be > 0 or null, got {self.clip_grad_norm}")
         _check_choice("train.precision", self.precision, ("fp32", "bf16"))

@@ -232,6 +232,7 @@ def _train(
 
     epoch, epoch_step, step = 0, 0, 0
     best_metric, best_epoch, bad_evals, train_seconds = -math.inf, -1, 0, 0.0
+    lr_scale = 1.0  # train.lr_decay=plateau: halved after every plateau_patience validations without improvement
     best_valid: dict[str, float] | None = None
     wall_before = 0.0  # wall-clock seconds of earlier invocations (resume)
     eval_seconds = 0.0  # duration of the last validation: the test evaluation at the end costs about as much
@@ -246,6 +247,7 @@ def _train(
         set_rng_state(state["rng"])
         epoch, epoch_step, step = state["epoch"], state["epoch_step"], state["step"]
         best_metric, best_epoch, bad_evals = state["best_metric"], state["best_epoch"], state["bad_evals"]
+        lr_scale = state.get("lr_scale", 1.0)
         train_seconds = state["train_seconds"]
         wall_before = state.get("wall_seconds", train_seconds)
         best_valid = state.get("best_valid")
@@ -294,6 +296,7 @@ def _train(
             "best_metric": best_metric,
             "best_epoch": best_epoch,
             "bad_evals": bad_evals,
+            "lr_scale": lr_scale,
             "train_seconds": train_seconds,
             "wall_seconds": own_wall_seconds,
             "best_valid": best_valid,
@@ -331,7 +334,7 @@ def _train(
         logged_at = started
         for batch in bar:
             batch = batch.to(device, non_blocking=pin)
-            lr = learning_rate(step, total_steps, tc)
+            lr = learning_rate(step, total_steps, tc) * lr_scale
             for group in optimizer.param_groups:
                 group["lr"] = lr
             generator = torch.Generator(device=device).manual_seed(tc.seed * 1_000_003 + step)
@@ -394,6 +397,8 @@ def _train(
                 best_valid = valid
             else:
                 bad_evals += 1
+                if tc.lr_decay == "plateau" and bad_evals % tc.plateau_patience == 0:
+                    lr_scale *= 0.5
             stop = tc.patience > 0 and bad_evals >= tc.patience
             if rank == 0:
                 log.info("epoch %d: loss %.4f, valid %s %.4f (best %.4f at %d), %.1fs training + %.1fs validation, "
