@@ -55,18 +55,21 @@ def torchrun_command(nproc: int, argv: list[str]) -> list[str]:
 def cmd_train(args: argparse.Namespace) -> int:
     from seqrec.train.loop import train
 
-    if args.nproc is not None:
-        if args.nproc < 1:
-            raise ValueError(f"--nproc must be >= 1, got {args.nproc}")
-        if "LOCAL_RANK" in os.environ:
-            raise ValueError("--nproc starts torchrun itself; it cannot be used inside torchrun")
-        return subprocess.run(torchrun_command(args.nproc, sys.argv[1:] if args.argv is None else args.argv)).returncode
     overrides = list(args.set or [])
     if args.data is not None:
         # As a JSON string, which YAML reads verbatim: a bare path such as "null", "123" or "a: b"
         # would otherwise be parsed into something that is not the path.
         overrides.append(f"data.path={json.dumps(args.data)}")
-    config = load_config(args.config, overrides)
+    config = load_config(args.config, overrides)  # a bad config fails here, once, before any process starts
+    if args.nproc is not None:
+        from seqrec.train.run_dir import check_run_dir
+
+        if args.nproc < 1:
+            raise ValueError(f"--nproc must be >= 1, got {args.nproc}")
+        if "LOCAL_RANK" in os.environ:
+            raise ValueError("--nproc starts torchrun itself; it cannot be used inside torchrun")
+        check_run_dir(Path(args.out), resume=args.resume, overwrite=args.overwrite)
+        return subprocess.run(torchrun_command(args.nproc, sys.argv[1:] if args.argv is None else args.argv)).returncode
     result = train(config, args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet,
                    command=["seqrec", *sys.argv[1:]] if args.argv is None else ["seqrec", *args.argv])
     if int(os.environ.get("RANK", "0")) != 0:
