@@ -164,3 +164,17 @@ def test_plateau_decay_halves_the_lr_after_each_run_of_bad_validations(tmp_path,
     lrs = [json.loads(x)["lr"] for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     # lr of each epoch's last step: halved after epoch 4 (third bad), kept through the new best, halved after 8
     assert lrs == pytest.approx([0.004] * 4 + [0.002] * 4 + [0.001])
+
+
+def test_output_to_a_file_has_no_progress_bar_redraws(tmp_path, capfd, caplog):
+    from seqrec.cli import main
+
+    with caplog.at_level(logging.INFO, logger="seqrec.train.loop"):
+        code = main(["train", "--out", str(tmp_path / "run"), "--set", "data.synthetic_users=300", "--set",
+                 "data.synthetic_items=60", "--set", "model.hidden_dim=16", "--set", "model.num_blocks=1",
+                     "--set", "train.epochs=3", "--set", "train.patience=0"])
+    assert code == 0
+    err = capfd.readouterr().err
+    assert "\r" not in err and "batch/s" not in err and "it/s" not in err  # not a terminal: no bar
+    lines = [r.getMessage() for r in caplog.records if r.name == "seqrec.train.loop"]
+    assert sum("valid ndcg@10" in line for line in lines) == 3 and len(lines) <= 12  # one line per epoch
