@@ -219,6 +219,7 @@ def recommend_batches(
     progress: bool = False,
     index: Any = None,
     candidates: np.ndarray | Candidates | None = None,
+    user_features: bool = True,
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Yields (user rows (b,), item ids (b, k) internal, scores (b, k)) batch by batch.
 
@@ -227,7 +228,8 @@ def recommend_batches(
     these may be returned. Candidates embedded from features are searched exactly together with the
     trained ones (over the candidate vectors only; ``index`` is not used) and come out as catalogue rows
     ``I + 1 + j``: map them with ``Candidates.item_ids``. A user left with fewer than k eligible items
-    gets id 0 (and score -inf) in the remaining slots.
+    gets id 0 (and score -inf) in the remaining slots. ``user_features=False``: the rows of ``inter``
+    are not users of the run's data (histories sent by a caller), so no user-tower vector is used.
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
@@ -236,7 +238,8 @@ def recommend_batches(
             f"the data has {inter.num_items} items but the checkpoint was trained on {loaded.model.num_items}"
         )
     if isinstance(candidates, Candidates) and candidates.new_ids:
-        yield from _recommend_with_new(loaded, inter, rows, k, candidates, exclude_seen, batch_size, progress)
+        yield from _recommend_with_new(loaded, inter, rows, k, candidates, exclude_seen, batch_size, progress,
+                                       user_features)
         return
     if isinstance(candidates, Candidates):
         candidates = candidates.ids
@@ -251,7 +254,7 @@ def recommend_batches(
         starts, ends = inter.offsets[u], inter.offsets[u + 1]
         width = int(min(max((ends - starts).max(initial=1), 1), maxlen))  # the encoder is padding-invariant
         window = torch.from_numpy(left_padded_windows(inter.items, starts, ends, width))
-        queries = loaded.user_vectors(window, torch.from_numpy(u))
+        queries = loaded.user_vectors(window, torch.from_numpy(u) if user_features else None)
         exclude = [inter.items[s:e] - 1 for s, e in zip(starts, ends, strict=True)] if exclude_seen else None
         scores, found = search(index, queries, k, exclude=exclude, allowed=allowed)
         yield u, found + 1, scores
@@ -259,7 +262,7 @@ def recommend_batches(
 
 def _recommend_with_new(
     loaded: LoadedModel, inter: Interactions, rows: np.ndarray, k: int, candidates: Candidates,
-    exclude_seen: bool, batch_size: int, progress: bool,
+    exclude_seen: bool, batch_size: int, progress: bool, user_features: bool,
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """``recommend_batches`` over trained and feature-embedded candidates: exact search over their vectors."""
     num_items = loaded.model.num_items
@@ -276,7 +279,7 @@ def _recommend_with_new(
         starts, ends = inter.offsets[u], inter.offsets[u + 1]
         width = int(min(max((ends - starts).max(initial=1), 1), maxlen))
         window = torch.from_numpy(left_padded_windows(inter.items, starts, ends, width))
-        queries = loaded.user_vectors(window, torch.from_numpy(u))
+        queries = loaded.user_vectors(window, torch.from_numpy(u) if user_features else None)
         exclude = None
         if exclude_seen:
             exclude = [(p := position[inter.items[s:e]])[p >= 0] for s, e in zip(starts, ends, strict=True)]
