@@ -162,16 +162,25 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from seqrec.data.readers import read_interactions
-    from seqrec.retrieval.export import artifact_dir, export_embeddings
+    from seqrec.retrieval.export import artifact_dir, export_embeddings, model_fingerprint
     from seqrec.retrieval.recommend import load_model
 
     loaded = load_model(args.run)
     inter = read_interactions(_data_config(loaded.state["config"]["data"], args.data))
     out = Path(args.out) if args.out else artifact_dir(args.run) / "export"
-    result = export_embeddings(loaded, inter, out, fbin=args.fbin, batch_size=args.batch_size, progress=not args.quiet)
+    fingerprint = model_fingerprint(loaded)
+    result = export_embeddings(loaded, inter, out, fbin=args.fbin, batch_size=args.batch_size, progress=not args.quiet,
+                               fingerprint=fingerprint)
     print(f"exported {result.num_items} item and {result.num_users} user vectors (dim {result.dim}) to {result.out}")
     for name in result.internal_id_files:
         print(f"note: {name} holds internal ids (raw ids are not non-negative integers); see meta.json")
+    if args.onnx:
+        from seqrec.retrieval.onnx_export import check_onnx, export_onnx
+
+        path = export_onnx(loaded, out, fingerprint=fingerprint)
+        diff = check_onnx(loaded, path, inter)
+        checked = "onnxruntime not installed, not checked" if diff is None else f"onnxruntime vs torch: max |diff| {diff:.2e}"
+        print(f"wrote the user encoder {path} (item ids (B, L) -> user vectors (B, {result.dim})); {checked}")
     return 0
 
 
@@ -290,6 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run directory or checkpoint file")
     p.add_argument("--out", help="output directory (default: RUN/export)")
     p.add_argument("--fbin", action="store_true", help="also write .fbin vectors and uint64 .u64 ids")
+    p.add_argument("--onnx", action="store_true", help="also write user_encoder.onnx: left-padded item ids (B, L) -> "
+                   "user vectors (B, D), and user_encoder.json (needs the onnx extra)")
     p.add_argument("--data", help="interaction log of the users (default: the one the model was trained on)")
     p.add_argument("--batch-size", type=int, default=1024, help="users per encoder batch (default 1024)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

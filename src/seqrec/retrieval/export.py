@@ -34,6 +34,7 @@ from seqrec.data.batches import left_padded_windows
 from seqrec.data.dataset import Interactions
 from seqrec.retrieval.fbin import atomic_path, write_fbin, write_ids_u64
 from seqrec.retrieval.ids import ids_array
+from seqrec.retrieval.onnx_export import ONNX_FILE, ONNX_META
 from seqrec.retrieval.recommend import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,9 @@ def model_fingerprint(loaded: LoadedModel) -> str:
     digest = hashlib.sha1(loaded.similarity.encode())
     for name, tensor in sorted(loaded.model.state_dict().items()):
         digest.update(name.encode())
+        if not isinstance(tensor, torch.Tensor):  # a feature tower's extra state: its schema (plain lists, ints)
+            digest.update(json.dumps(tensor, sort_keys=True, default=str).encode())
+            continue
         flat = tensor.detach().cpu().contiguous().reshape(-1)
         digest.update(str(tuple(tensor.shape)).encode())
         digest.update(memoryview(flat.view(torch.uint8).numpy()))
@@ -113,7 +117,8 @@ def export_embeddings(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / META).unlink(missing_ok=True)  # the export is incomplete until meta.json is back
-    for name in _ITEM_FILES + _USER_FILES:  # an items-only export must not leave users of other weights
+    # An items-only export must not leave users (or an ONNX encoder) of other weights behind.
+    for name in _ITEM_FILES + _USER_FILES + (ONNX_FILE, ONNX_META):
         (out / name).unlink(missing_ok=True)
 
     items = loaded.item_vectors()
