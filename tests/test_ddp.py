@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from seqrec.train.checkpoint import load_checkpoint
 from seqrec.train.loop import train
 from seqrec.train.objective import Objective
 from tests.conftest import tiny_config
+from tests.processes import run
 
 WORLD = 2
 REPO = Path(__file__).resolve().parents[1]
@@ -54,16 +54,26 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, root: str, ports: list[int]) -> None:
+def _set_master_port(store: dist.FileStore, key: str, rank: int) -> None:
+    """MASTER_PORT for the next group: a port rank 0 finds free right before the run, shared through a
+    file store in the test's directory. Ports picked before the processes start could be taken (by the
+    earlier runs' own sockets, say) by the time a later run binds them."""
+    if rank == 0:
+        store.set(key, str(_free_port()))
+    os.environ["MASTER_PORT"] = store.get(key).decode()
+
+
+def _worker(rank: int, root: str) -> None:
     torch.set_num_threads(1)
     os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(WORLD),
                        "MASTER_ADDR": "127.0.0.1"})
-    for (name, config), port in zip(CONFIGS.items(), ports, strict=False):
-        os.environ["MASTER_PORT"] = str(port)
+    store = dist.FileStore(str(Path(root) / "ports.store"), WORLD)
+    for name, config in CONFIGS.items():
+        _set_master_port(store, name, rank)
         result = train(config, Path(root) / f"ddp-{name}", progress=False, command=["test"])
         assert not dist.is_initialized()  # train created the group and destroyed it
         Path(root, f"ddp-{name}-rank{rank}.json").write_text(json.dumps([result.best_valid, result.test]))
-    os.environ["MASTER_PORT"] = str(ports[-1])
+    _set_master_port(store, "resumed", rank)
     train(CONFIGS["infonce"], Path(root) / "resumed", resume=True, progress=False, command=["test"])
 
 
@@ -113,7 +123,7 @@ def test_two_processes_train_the_single_process_model(tmp_path, monkeypatch):
     monkeypatch.undo()
 
     # ... is continued by two processes in the worker, after the fresh 2-process runs.
-    mp.spawn(_worker, args=(str(tmp_path), [_free_port() for _ in range(len(CONFIGS) + 1)]), nprocs=WORLD)
+    mp.spawn(_worker, args=(str(tmp_path),), nprocs=WORLD)
 
     for name in CONFIGS:
         single, ddp = tmp_path / f"single-{name}", tmp_path / f"ddp-{name}"
@@ -132,10 +142,11 @@ def test_two_processes_train_the_single_process_model(tmp_path, monkeypatch):
 def test_cli_nproc_relaunches_through_torchrun(tmp_path):
     config_file = tmp_path / "bce.yaml"
     config_file.write_text(yaml.safe_dump(config_to_dict(CONFIGS["bce"])))
-    done = subprocess.run(
+    # torchrun --standalone rendezvouses on a port the OS picks; the process group is killed at the end
+    done = run(
         [sys.executable, "-m", "seqrec", "train", "--config", str(config_file), "--set", "train.epochs=1",
          "--out", str(tmp_path / "run"), "--quiet", "--nproc", str(WORLD)],
-        cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        cwd=REPO, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("run directory:") == 1  # every rank has the result; rank 0 prints it
@@ -149,3 +160,14 @@ def test_torchrun_command_drops_nproc_in_every_spelling():
                  ["train", "--npr", "2", "--out", "r"]):
         assert torchrun_command(4, argv) == [*head, "train", "--out", "r"]
     assert torchrun_command(4, ["-v", "train", "--set", "train.lr=0.1"]) == [*head, "-v", "train", "--set", "train.lr=0.1"]
+
+
+def test_a_bad_config_under_nproc_is_reported_once_before_any_process_starts(tmp_path, monkeypatch, capsys):
+    from seqrec import cli
+
+    started = []
+    monkeypatch.setattr(cli.subprocess, "run", lambda *a, **k: started.append(a))
+    assert cli.main(["train", "--out", str(tmp_path / "run"), "--nproc", "2", "--set", "loss.temperature=0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("temperature must be > 0") == 1 and "ChildFailedError" not in err
+    assert not started  # torchrun was never launched

@@ -15,7 +15,6 @@ import json
 import os
 import random
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,6 +25,8 @@ import torch
 from seqrec.config import load_config
 from seqrec.train.checkpoint import load_checkpoint
 from seqrec.train.loop import train
+from tests.processes import process_group
+from tests.processes import run as run_command
 
 EPOCHS = 6
 OVERRIDES = [
@@ -68,24 +69,19 @@ def _kill_after_saves(run: Path, resume: bool, saves: int, fraction: float, log:
     last = run / "checkpoints" / "last.pt"
     seen, version = 0, _file_version(last)
     changed_at, interval = time.monotonic(), 0.01
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(_command(run, resume), stdout=out, stderr=out, env=_env(), cwd=run.parent)
-        try:
-            deadline = time.monotonic() + 300
-            while seen < saves and proc.poll() is None and time.monotonic() < deadline:
-                now = _file_version(last)
-                if now is not None and now != version:
-                    if seen:  # the first change comes after the start-up, not after a step
-                        interval = time.monotonic() - changed_at
-                    seen, version, changed_at = seen + 1, now, time.monotonic()
-                time.sleep(0.002)
-            time.sleep(fraction * interval)
-            proc.send_signal(signal.SIGKILL)
-            return proc.wait(timeout=60), seen
-        finally:
-            if proc.poll() is None:  # only if something above failed
-                proc.kill()
-                proc.wait()
+    with open(log, "ab") as out, process_group(_command(run, resume), stdout=out, stderr=out, env=_env(),
+                                               cwd=run.parent) as proc:
+        deadline = time.monotonic() + 300
+        while seen < saves and proc.poll() is None and time.monotonic() < deadline:
+            now = _file_version(last)
+            if now is not None and now != version:
+                if seen:  # the first change comes after the start-up, not after a step
+                    interval = time.monotonic() - changed_at
+                seen, version, changed_at = seen + 1, now, time.monotonic()
+            time.sleep(0.002)
+        time.sleep(fraction * interval)
+        proc.send_signal(signal.SIGKILL)
+        return proc.wait(timeout=60), seen
 
 
 def test_sigkill_at_random_moments_then_resume_equals_uninterrupted_run(tmp_path):
@@ -108,7 +104,7 @@ def test_sigkill_at_random_moments_then_resume_equals_uninterrupted_run(tmp_path
     steps = [step for _, _, step in kills]
     assert steps == sorted(steps), f"each resumed segment makes progress: {kills}"
 
-    done = subprocess.run(_command(run, resume=True), capture_output=True, text=True, env=_env(), cwd=tmp_path, timeout=600)
+    done = run_command(_command(run, resume=True), env=_env(), cwd=tmp_path, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
 
     # the uninterrupted reference, same seed and settings, trained in this process
