@@ -196,13 +196,16 @@ def cmd_index_build(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from seqrec.serving.admin import admin_token
     from seqrec.serving.app import serve
     from seqrec.serving.batcher import ServeConfig
 
     config = ServeConfig(index=args.index, max_k=args.max_k, max_history=args.max_history,
                          batch_window_ms=args.batch_window_ms, max_batch=args.max_batch, threads=args.threads,
                          workers=args.workers)
-    serve(args.run, host=args.host, port=args.port, config=config, access_log=args.access_log, progress=not args.quiet)
+    token = admin_token(args.admin_token_file)  # a token is never a command-line argument (ps shows those)
+    serve(args.run, host=args.host, port=args.port, config=config, access_log=args.access_log, progress=not args.quiet,
+          admin_token=token)
     return 0
 
 
@@ -316,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_index_build)
 
-    p = sub.add_parser("serve", help="HTTP API: POST /recommend, GET /health, /openapi.json")
+    p = sub.add_parser("serve", help="HTTP API: POST /recommend, /similar, /admin/reload, GET /health, /openapi.json")
     p.add_argument("run", help="run directory or checkpoint file")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
@@ -329,6 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="torch/faiss threads per batch (default 1)")
     p.add_argument("--workers", type=int, default=2,
                    help="batches run at once, each in its own thread (default 2: both cores of a 2-core machine)")
+    p.add_argument("--admin-token-file", metavar="PATH",
+                   help="file holding the token that turns on POST /admin/reload (default: the SEQREC_ADMIN_TOKEN "
+                        "environment variable; neither: admin endpoints off)")
     p.add_argument("--access-log", action="store_true", help="log every request")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_serve)

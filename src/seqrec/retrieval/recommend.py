@@ -148,7 +148,8 @@ class Candidates:
 
 
 def resolve_candidates(
-    loaded: LoadedModel, values: list[Any], data: DataConfig | None = None, *, where: str = "the candidates"
+    loaded: LoadedModel, values: list[Any], data: DataConfig | None = None, *, where: str = "the candidates",
+    lookup: ItemLookup | None = None, warn: bool = True,
 ) -> Candidates:
     """Raw candidate ids -> the trained ones, plus the unseen ones embedded from their side features.
 
@@ -162,12 +163,14 @@ def resolve_candidates(
         values: raw item ids (ints or strings; ``"42"`` finds the raw int ``42``).
         data: where the features are read from; default the run's stored data config.
         where: names the source of ``values`` in messages.
+        lookup: an ``ItemLookup`` of ``loaded.item_ids`` to reuse (built per call otherwise).
+        warn: log skipped and embedded ids (the service reports them in its answer instead).
 
     Raises:
         ValueError: If no candidate is known to the model or embedded from features.
     """
     requested = len({(type(v).__name__, v) for v in values})
-    ids, unknown = ItemLookup(loaded.item_ids).lookup(values)
+    ids, unknown = (lookup or ItemLookup(loaded.item_ids)).lookup(values)
     new_ids: list[Any] = []
     new_vectors = np.zeros((0, loaded.model.config.hidden_dim), dtype=np.float32)
     skipped = list(unknown)
@@ -182,7 +185,9 @@ def resolve_candidates(
             integer = np.issubdtype(loaded.item_ids.dtype, np.integer)
             new_ids = [_raw_id(unknown[r], integer) for r in rows.tolist()]
             skipped = [v for v, ok in zip(unknown, has.tolist(), strict=True) if not ok]
-    if tower is None and skipped:
+    if not warn:
+        pass
+    elif tower is None and skipped:
         log.warning("%d of %d candidate ids in %s are unknown to the model and skipped: %s",
                     len(skipped), requested, where, shown(skipped))
     elif skipped:
