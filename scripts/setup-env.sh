@@ -19,4 +19,12 @@ if [ ! -f "$_stamp" ] || [ "$_root/pyproject.toml" -nt "$_stamp" ] || [ "$_root/
     -c "$_root/constraints.txt" -e "$_root${_extra:+[$_extra]}"
   touch "$_stamp"
 fi
+# The browser test of the service's page (tests/test_serve_page.py) drives Debian's headless Chromium;
+# install it where it is missing and this runs as root with apt-get (elsewhere that test is skipped).
+if [ "$_extra" = "dev" ] && ! { command -v chromium >/dev/null && command -v chromedriver >/dev/null; } \
+    && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  echo "seqrec: installing chromium and chromium-driver (apt-get) for the browser test" >&2
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; } >/dev/null \
+    || echo "seqrec: could not install chromium; tests/test_serve_page.py will fail until it is installed" >&2
+fi
 export PATH="$_venv/bin:$PATH"

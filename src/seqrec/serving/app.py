@@ -11,6 +11,8 @@
   neighbours (``retrieval/similar.py``); 404 for an unknown item.
 * ``POST /admin/reload`` ``{"run": DIR}``: swaps in another model without a restart; only with an admin
   token, see ``admin.py``.
+* ``GET /``: a page to try the model (page.html); ``GET /items?q=``: items by id or title, for it.
+  Where the run knows titles (``data/titles.py``) answers also carry ``titles``.
 * ``GET /health``: status, catalogue size, index kind and batching counters.
 * ``GET /openapi.json`` and ``/docs``: the schema FastAPI derives from the request/response models.
 
@@ -31,6 +33,8 @@ This module does not use ``from __future__ import annotations``: FastAPI resolve
 of the endpoint, which is built per app (its limits come from :class:`ServeConfig`), at runtime.
 """
 
+import functools
+import importlib.resources
 import json
 import logging
 from collections.abc import Callable
@@ -39,9 +43,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import torch
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StringConstraints, ValidationError
 
 from seqrec.serving.admin import Reloader, answer_admin
@@ -154,6 +158,11 @@ class SimilarResponse(BaseModel):
     scores: list[float] = Field(description="the checkpoint's similarity of each to the item, descending")
 
 
+class ItemEntry(BaseModel):
+    id: int | str
+    title: str | None = Field(description="the item's title where the run knows titles (e.g. ML-1M movies.dat)")
+
+
 class ErrorResponse(BaseModel):
     detail: str
 
@@ -164,6 +173,7 @@ class Health(BaseModel):
     index: str
     similarity: str
     user_ids: bool = Field(description="whether requests by user_id are served (the run's data was read)")
+    titles: bool = Field(description="whether the run knows item titles (answers then carry them)")
     admin: bool = Field(description="whether admin endpoints are on (a token is configured)")
     reloads: int = Field(description="successful POST /admin/reload since start")
     requests: int = Field(description="requests answered through the batcher")
@@ -325,6 +335,8 @@ def create_app(recommender: Recommender, config: ServeConfig | None = None, *, a
         payload = {"items": items, "scores": scores, "unknown_items": unknown}
         if skipped is not None:
             payload["unknown_candidates"] = skipped
+        if job.model.titles is not None:
+            payload["titles"] = job.model.titles_of(items)
         return json.dumps(payload, separators=(",", ":")).encode()
 
     async def fast_recommend(scope: dict, receive: Any, send: Any) -> Any:
@@ -382,7 +394,24 @@ def create_app(recommender: Recommender, config: ServeConfig | None = None, *, a
             raise HTTPException(404, f"unknown item id: {json.dumps(body.item_id)} is not known to the model")
         items, scores = await batcher.call(model.similar, int(ids[0]), body.k)
         payload = {"item_id": body.item_id, "items": items, "scores": scores}
+        if model.titles is not None:
+            payload["title"] = model.titles[int(ids[0])]
+            payload["titles"] = model.titles_of(items)
         return Response(json.dumps(payload, separators=(",", ":")).encode(), media_type="application/json")
+
+    @app.get("/items", response_model=list[ItemEntry])
+    async def items(q: Annotated[str, Query(max_length=config.max_id_length)] = "",
+                    limit: Annotated[int, Query(ge=1, le=100)] = 20) -> Response:
+        """Items whose raw id is ``q`` or whose title contains it (the page's picker); the first items
+        of the catalogue for an empty ``q``."""
+        found = current().search_items(q, limit)
+        payload = [{"id": raw, "title": title} for raw, title in found]
+        return Response(json.dumps(payload, separators=(",", ":")).encode(), media_type="application/json")
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index_page() -> HTMLResponse:
+        """A page to try the model in a browser (page.html: no external resources)."""
+        return HTMLResponse(page_html())
 
     @app.get("/health", response_model=Health)
     async def health() -> Health:
@@ -390,10 +419,16 @@ def create_app(recommender: Recommender, config: ServeConfig | None = None, *, a
         model = current()
         return Health(status="ok", num_items=model.num_items, index=model.index_kind,
                       similarity=model.loaded.similarity, user_ids=model.users is not None,
+                      titles=model.titles is not None,
                       admin=reloader is not None, reloads=0 if reloader is None else reloader.reloads,
                       requests=batcher.requests, batches=batcher.batches, largest_batch=batcher.largest_batch)
 
     return app
+
+
+@functools.cache
+def page_html() -> str:
+    return (importlib.resources.files("seqrec.serving") / "page.html").read_text(encoding="utf-8")
 
 
 def serve(

@@ -25,6 +25,7 @@ import torch
 from seqrec.config import config_from_dict
 from seqrec.data.dataset import Interactions
 from seqrec.data.readers import read_interactions
+from seqrec.data.titles import item_titles
 from seqrec.errors import SeqrecError
 from seqrec.retrieval.ids import ItemLookup
 from seqrec.retrieval.recommend import (
@@ -98,9 +99,11 @@ class Recommender:
         index: a faiss index over its item vectors.
         index_kind: what ``index`` is (exact, hnsw, ivf), for /health.
         interactions: the run's data, for requests by ``user_id`` (None: such requests are refused).
+        titles: item titles by internal id, for the page (None: items are shown by id).
     """
 
-    def __init__(self, loaded: LoadedModel, index: Any, index_kind: str, interactions: Interactions | None = None):
+    def __init__(self, loaded: LoadedModel, index: Any, index_kind: str, interactions: Interactions | None = None,
+                 titles: list[str | None] | None = None):
         if index.ntotal != loaded.model.num_items:
             raise ValueError(f"the index holds {index.ntotal} items but the checkpoint has {loaded.model.num_items}")
         self.loaded = loaded
@@ -108,6 +111,9 @@ class Recommender:
         self.index_kind = index_kind
         self.lookup = ItemLookup(loaded.item_ids)
         self.interactions = interactions
+        self.titles = titles  # per internal item id (data/titles.py), or None: the run knows no titles
+        if titles is not None and len(titles) != len(loaded.item_ids):
+            raise ValueError(f"{len(titles)} titles for {len(loaded.item_ids)} item rows")
         self.users: ItemLookup | None = None
         self._candidate_cache: OrderedDict[tuple, Candidates] = OrderedDict()
         self._cache_lock = threading.Lock()
@@ -149,6 +155,35 @@ class Recommender:
             while len(self._candidate_cache) > _CANDIDATE_CACHE:
                 self._candidate_cache.popitem(last=False)
         return found
+
+    def titles_of(self, raw_ids: list[Any]) -> list[str | None] | None:
+        """Titles of raw item ids (None for one without), or None when the run has no titles."""
+        if self.titles is None:
+            return None
+        ids, _ = self.lookup.lookup(raw_ids)
+        if len(ids) == len(raw_ids):
+            return [self.titles[i] for i in ids.tolist()]
+        return [self.titles[found[0]] if len(found := self.lookup.lookup([v])[0]) else None for v in raw_ids]
+
+    def search_items(self, query: str, limit: int) -> list[tuple[Any, str | None]]:
+        """Up to ``limit`` (raw id, title) of items whose id is ``query`` or whose title contains it
+        (case-insensitive); the id match first. For the page's item picker."""
+        query = query.strip()
+        if not query:  # the first items of the catalogue, to start from
+            rows = range(1, min(limit, self.num_items) + 1)
+            return [(_plain(self.loaded.item_ids[i]), self.titles[i] if self.titles else None) for i in rows]
+        out: list[tuple[Any, str | None]] = []
+        ids, _ = self.lookup.lookup([query]) if query else (np.zeros(0, np.int64), [])
+        if len(ids):
+            out.append((_plain(self.loaded.item_ids[ids[0]]), self.titles[ids[0]] if self.titles else None))
+        if self.titles is not None and query:
+            needle = query.casefold()
+            for i, title in enumerate(self.titles):
+                if len(out) >= limit:
+                    break
+                if title and needle in title.casefold() and not (len(ids) and i == ids[0]):
+                    out.append((_plain(self.loaded.item_ids[i]), title))
+        return out[:limit]
 
     def similar(self, item: int, k: int) -> tuple[list[Any], list[float]]:
         """(raw ids, scores) of the ``k`` items nearest to internal item ``item`` (``similar_items``)."""
@@ -211,15 +246,17 @@ def load_recommender(run: str | Path, index_kind: str = "exact", *, progress: bo
     loaded = load_model(run)
     index, _ = run_index(loaded, run, index_kind, progress=progress)
     interactions = None
+    data = config_from_dict({"data": loaded.state["config"]["data"]}).data
+    titles = item_titles(data, loaded.item_ids)
     if user_data:
         try:
-            interactions = read_interactions(config_from_dict({"data": loaded.state["config"]["data"]}).data)
+            interactions = read_interactions(data)
             if interactions.num_items != loaded.model.num_items:
                 raise ValueError(f"it has {interactions.num_items} items, the checkpoint {loaded.model.num_items}")
         except (OSError, ValueError, SeqrecError) as exc:
             log.warning("requests by user_id are off: the run's data could not be read (%s)", exc)
             interactions = None
-    return Recommender(loaded, index, index_kind, interactions)
+    return Recommender(loaded, index, index_kind, interactions, titles)
 
 
 class Batcher:
