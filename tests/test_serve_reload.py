@@ -114,3 +114,35 @@ def test_reload_under_concurrent_load_fails_no_request(run_dir, other_run, inter
         statuses, reloads = asyncio.run(load(base))
     assert [r["status"] for r in reloads] == ["reloaded"] * 3, reloads
     assert len(statuses) > 50 and set(statuses) == {200}
+
+
+def test_cli_serve_reads_the_token_from_a_file_or_the_environment(run_dir, tmp_path, monkeypatch):  # noqa: F811
+    import faiss
+    import torch
+    import uvicorn
+
+    from seqrec.cli import main
+
+    captured = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: captured.update(app=app))
+    path = tmp_path / "token"
+    path.write_text(TOKEN + "\n")
+    threads = torch.get_num_threads(), faiss.omp_get_max_threads()
+    try:
+        monkeypatch.delenv(TOKEN_ENV, raising=False)
+        assert main(["serve", str(run_dir), "--quiet"]) == 0
+        off = captured["app"]
+        assert main(["serve", str(run_dir), "--quiet", "--admin-token-file", str(path)]) == 0
+        from_file = captured["app"]
+        monkeypatch.setenv(TOKEN_ENV, TOKEN)
+        assert main(["serve", str(run_dir), "--quiet"]) == 0
+        from_env = captured["app"]
+        path.write_text("")
+        assert main(["serve", str(run_dir), "--quiet", "--admin-token-file", str(path)]) == 2  # empty file
+    finally:
+        torch.set_num_threads(threads[0])
+        faiss.omp_set_num_threads(threads[1])
+    assert off.state.reloader is None and from_file.state.reloader is not None and from_env.state.reloader is not None
+    with running(from_env) as base, httpx.Client(base_url=base) as c:
+        assert c.post("/admin/reload", json={"run": str(run_dir)}).status_code == 401
+        assert c.post("/admin/reload", json={"run": str(run_dir)}, headers=AUTH).json()["status"] == "reloaded"
