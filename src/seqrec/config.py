@@ -203,7 +203,7 @@ class TrainConfig:
     num_workers: int = 0  # DataLoader processes building batches (0 = in the training process)
     # Item table with sparse gradients + SparseAdam ("lazy" Adam: only the batch's rows move; no weight
     # decay on it), AdamW for the rest. Much faster with millions of items (benchmarks/results/scale.md);
-    # needs loss.mode=pool and one process. See seqrec/train/sparse.py.
+    # needs loss.mode=pool; under DDP only the batch's rows are exchanged. See seqrec/train/sparse.py, sparse_ddp.py.
     sparse_embeddings: bool = False
     tensorboard: bool = False  # also write TensorBoard event files to RUN/tensorboard (pip install 'seqrec[tensorboard]')
 

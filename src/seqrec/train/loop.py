@@ -63,7 +63,8 @@ from seqrec.train.processes import (
 )
 from seqrec.train.run_dir import append_jsonl, check_run_dir, prepare_run_dir, truncate_metrics
 from seqrec.train.schedule import learning_rate, seed_everything
-from seqrec.train.sparse import check_sparse_setup, clip_grad_norm, make_optimizer
+from seqrec.train.sparse import check_sparse_setup, clip_grad_norm, item_tables, make_optimizer
+from seqrec.train.sparse_ddp import all_reduce_sparse_grads, dense_all_reduce_bytes, exclude_from_ddp
 from seqrec.train.tensorboard import TensorboardLog
 
 log = logging.getLogger(__name__)
@@ -224,7 +225,7 @@ def _train(
     similarity = similarity_for_loss(config.loss.name)
     params = list(model.parameters()) + list(objective.parameters())
     if tc.sparse_embeddings:
-        check_sparse_setup(config.loss.name, config.loss.mode, world)
+        check_sparse_setup(config.loss.name, config.loss.mode)
     optimizer = make_optimizer(model, objective.parameters(), lr=tc.lr, betas=tc.betas,
                                weight_decay=tc.weight_decay, sparse_embeddings=tc.sparse_embeddings)
     steps_per_epoch = builder.num_batches(tc.batch_size)
@@ -265,7 +266,12 @@ def _train(
     # What a step calls: the (compiled) encoder and the objective, under DDP with several processes.
     # Evaluation and checkpoints use the plain ``model``, which shares the parameters.
     step_module: nn.Module = _LossModule(torch.compile(model) if tc.compile else model, objective)
+    # train.sparse_embeddings under DDP: the item tables stay out of DDP's dense all-reduce; only the rows
+    # of the global batch are exchanged after backward (train/sparse_ddp.py).
+    sparse_tables = item_tables(model) if tc.sparse_embeddings and world > 1 else []
     if world > 1:
+        if sparse_tables:
+            exclude_from_ddp(step_module, sparse_tables)
         # The model's buffers are constant feature tables (model/features.py), identical on every rank:
         # re-broadcasting them before each step would only cost bandwidth (they are synced once, at init).
         # ``forward_sync_buffers`` (torch >= 2.13) replaces ``broadcast_buffers``, deprecated there.
@@ -347,6 +353,12 @@ def _train(
                 )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if sparse_tables:
+                exchanged = all_reduce_sparse_grads(sparse_tables, world)
+                if step == 0 and rank == 0:
+                    log.info("sparse item-table gradients under DDP: step 1 exchanged %.2f MB per rank "
+                             "(row ids + rows); a dense all-reduce of the tables moves %.2f MB per rank",
+                             exchanged / 1e6, dense_all_reduce_bytes(sparse_tables, world) / 1e6)
             if tc.clip_grad_norm is not None:
                 (clip_grad_norm if tc.sparse_embeddings else torch.nn.utils.clip_grad_norm_)(params, tc.clip_grad_norm)
             optimizer.step()
