@@ -254,7 +254,7 @@ def recommend_batches(
         raise ValueError(f"the index holds {index.ntotal} items but the checkpoint has {loaded.model.num_items}")
     allowed = None if candidates is None else np.asarray(candidates, dtype=np.int64) - 1
     maxlen = loaded.model.config.maxlen
-    for start in tqdm(range(0, len(rows), batch_size), desc="recommend", disable=not progress, unit="batch"):
+    for start in _steps(len(rows), batch_size, progress):
         u = rows[start : start + batch_size]
         starts, ends = inter.offsets[u], inter.offsets[u + 1]
         width = int(min(max((ends - starts).max(initial=1), 1), maxlen))  # the encoder is padding-invariant
@@ -279,7 +279,7 @@ def _recommend_with_new(
     position = np.full(num_items + 1, -1, dtype=np.int64)  # internal id -> index row (seen-item exclusion)
     position[known] = np.arange(len(known))
     maxlen = loaded.model.config.maxlen
-    for start in tqdm(range(0, len(rows), batch_size), desc="recommend", disable=not progress, unit="batch"):
+    for start in _steps(len(rows), batch_size, progress):
         u = rows[start : start + batch_size]
         starts, ends = inter.offsets[u], inter.offsets[u + 1]
         width = int(min(max((ends - starts).max(initial=1), 1), maxlen))
@@ -290,6 +290,13 @@ def _recommend_with_new(
             exclude = [(p := position[inter.items[s:e]])[p >= 0] for s, e in zip(starts, ends, strict=True)]
         scores, found = search(index, queries, k, exclude=exclude)
         yield u, np.where(found >= 0, catalogue_row[np.maximum(found, 0)], 0), scores
+
+
+def _steps(count: int, batch_size: int, progress: bool) -> Any:
+    """Batch starts, with a progress bar only when asked (a disabled tqdm still costs per call, which
+    the service, one small call per batch, pays)."""
+    starts = range(0, count, batch_size)
+    return tqdm(starts, desc="recommend", unit="batch") if progress else starts
 
 
 def write_recommendations(
