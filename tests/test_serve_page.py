@@ -102,9 +102,10 @@ def test_page_shows_what_the_api_answers(browser, titled, inter, tmp_path):  # n
         for n, item in enumerate(history[:-1], start=1):  # typed ids, Enter adds each
             box.send_keys(item, Keys.ENTER)
             wait.until(lambda d, n=n: len(d.find_elements(By.CSS_SELECTOR, "#history li")) == n)
-        box.send_keys(f"film {history[-1]} (")  # the last one picked by its title from the suggestions
-        wait.until(lambda d: any(li.get_attribute("data-id") == history[-1]
-                                 for li in d.find_elements(By.CSS_SELECTOR, "#suggestions li")))
+        query = f"film {history[-1]} ("
+        box.send_keys(query)  # the last one picked by its title from the suggestions
+        # Once the list answers the whole query no later answer replaces it (older ones are dropped).
+        wait.until(lambda d: d.find_element(By.ID, "suggestions").get_attribute("data-query") == query.strip())
         next(li for li in browser.find_elements(By.CSS_SELECTOR, "#suggestions li")
              if li.get_attribute("data-id") == history[-1]).click()
         entered = [li.get_attribute("data-id") for li in browser.find_elements(By.CSS_SELECTOR, "#history li")]
