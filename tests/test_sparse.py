@@ -28,6 +28,7 @@ def test_dense_default_is_plain_adamw_over_every_parameter():
     model = _model()
     opt = make_optimizer(model, [], lr=1e-3, betas=(0.9, 0.98), weight_decay=0.1, sparse_embeddings=False)
     assert type(opt) is torch.optim.AdamW and not model.item_emb.sparse
+    assert opt.defaults["fused"]  # one pass over each parameter and its moments (BENCHMARKS.md)
     assert [p for g in opt.param_groups for p in g["params"]] == list(model.parameters())
 
 
