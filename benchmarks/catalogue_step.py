@@ -57,6 +57,9 @@ class Side:
         self.sparse = args.optimizer == "sparse"
         self.optimizer = make_optimizer(self.model, self.objective.parameters(), lr=1e-3, betas=(0.9, 0.98),
                                         weight_decay=0.0, sparse_embeddings=self.sparse)
+        if self.sparse and args.torch_sparse_adam:  # the baseline: torch's SparseAdam on the item table
+            self.optimizer.sparse = torch.optim.SparseAdam(self.optimizer.sparse.param_groups[0]["params"], lr=1e-3,
+                                                           betas=(0.9, 0.98))
         self.params = list(self.model.parameters()) + list(self.objective.parameters())
         self.rng = np.random.default_rng(1)
         self.perm = self.rng.permutation(num_items) + 1 if args.ids == "zipf" else None
@@ -150,6 +153,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--epoch-users", type=int, default=1_000_000)
     parser.add_argument("--bandwidth", action="store_true", help="also measure copy bandwidth and the AdamW floor")
+    parser.add_argument("--torch-sparse-adam", action="store_true",
+                        help="sparse: torch.optim.SparseAdam on the item table instead of RowSparseAdam (baseline)")
     parser.add_argument("--jsonl", type=Path, help="append one JSON line per loss here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
