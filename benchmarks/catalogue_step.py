@@ -90,7 +90,7 @@ class Side:
         self.optimizer.step()
         t4 = time.perf_counter()
         if record:
-            for name, value in zip(PHASES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0)):
+            for name, value in zip(PHASES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0), strict=True):
                 self.times[name].append(value)
         return float(loss.detach())
 
@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> dict:
         order = (big, small) if i % 2 == 0 else (small, big)
         for side in order:
             losses[side.num_items].append(side.step(i, record=i >= args.warmup))
-    ratios = {p: statistics.median(b / s for b, s in zip(big.times[p], small.times[p])) for p in PHASES}
+    ratios = {p: statistics.median(b / s for b, s in zip(big.times[p], small.times[p], strict=True)) for p in PHASES}
     result = {
         "loss": args.loss, "optimizer": args.optimizer, "ids": args.ids, "steps": args.steps, "threads": args.threads,
         "batch_size": args.batch_size, "maxlen": args.maxlen, "dim": args.dim,

@@ -100,10 +100,10 @@ def test_row_sparse_adam_is_sparse_adam():
     ref.data.copy_(ours.data)
     start = ours.detach().clone()
     opts = [RowSparseAdam([ours], lr=0.05, betas=(0.9, 0.98)), torch.optim.SparseAdam([ref], lr=0.05, betas=(0.9, 0.98))]
-    for step in range(6):
+    for _ in range(6):
         rows = torch.randint(0, 12, (9,))  # rows 12..29 never move
         values = torch.randn(9, 4)
-        for p, opt in zip((ours, ref), opts):
+        for p, opt in zip((ours, ref), opts, strict=True):
             p.grad = torch.sparse_coo_tensor(rows[None], values, (30, 4))
             opt.step()
     torch.testing.assert_close(ours.data, ref.data, rtol=1e-6, atol=1e-7)
