@@ -214,3 +214,47 @@ def test_contains_rows_equals_contains_with_and_without_the_bitmap(monkeypatch):
     monkeypatch.setattr(UserItemSet, "_MAX_FILTER_BYTES", 0)  # the plain binary-search path
     assert np.array_equal(seen.contains_rows(users, queries), want)
 
+
+
+def test_random_windows_stay_inside_the_prefix_and_cover_every_pair():
+    # maxlen 2: user 0's prefix [11..15] has 5 events, so its window (3 events) can end at 13, 14 or 15;
+    # user 1's prefix [21 22] fits whole and must be what the "last" mode gives.
+    last = BatchBuilder(OFFSETS, ITEMS, TRAIN_LENGTHS, NUM_ITEMS, 2, 1, trim=False)
+    rand = BatchBuilder(OFFSETS, ITEMS, TRAIN_LENGTHS, NUM_ITEMS, 2, 1, trim=False, window="random")
+    users = np.array([0, 1])
+    ref = last.build(users, np.random.default_rng(0))
+    prefix = ITEMS[:5].tolist()
+    ends, pairs = set(), set()
+    for seed in range(60):
+        b = rand.build(users, np.random.default_rng(seed))
+        inp, pos = b.input_ids[0].tolist(), b.pos_ids[0].tolist()
+        # a contiguous run of the training prefix, positives one step ahead of the inputs, no padding
+        start = prefix.index(inp[0])
+        assert inp == prefix[start : start + 2] and pos == prefix[start + 1 : start + 3]
+        assert b.loss_mask[0].all()
+        ends.add(pos[-1])
+        pairs.update(zip(inp, pos))
+        assert torch.equal(b.input_ids[1], ref.input_ids[1]) and torch.equal(b.pos_ids[1], ref.pos_ids[1])
+        assert torch.equal(b.loss_mask[1], ref.loss_mask[1])
+    assert ends == {13, 14, 15}  # never past the prefix (16, 17 are validation/test), every end reached
+    assert pairs == {(11, 12), (12, 13), (13, 14), (14, 15)}  # "last" only ever trains on (13,14), (14,15)
+    assert set(zip(ref.input_ids[0].tolist(), ref.pos_ids[0].tolist())) == {(13, 14), (14, 15)}
+
+
+def test_random_windows_are_deterministic_and_last_mode_is_the_default():
+    inter = generate_synthetic(200, 60, seed=4)
+    split = leave_one_out(inter)
+    args = (inter.offsets, inter.items, split.train_lengths, inter.num_items, 8, 2)
+    a, b = BatchBuilder(*args, window="random"), BatchBuilder(*args, window="random")
+    x, y = a.batch(3, 1, 2, 32), b.batch(3, 1, 2, 32)
+    for f in ("users", "input_ids", "pos_ids", "neg_ids", "loss_mask"):
+        assert torch.equal(getattr(x, f), getattr(y, f))
+    # another epoch draws other windows for the same users
+    order = a.epoch_order(3, 1, 32)
+    other = a.build(order[64:96], np.random.default_rng([3, 2, 2, 1]))
+    assert not torch.equal(other.input_ids, x.input_ids)
+    # "last" (the default) is the window of the most recent events
+    d, l = BatchBuilder(*args), BatchBuilder(*args, window="last")
+    assert torch.equal(d.batch(3, 1, 2, 32).input_ids, l.batch(3, 1, 2, 32).input_ids)
+    with pytest.raises(ValueError, match="window"):
+        BatchBuilder(*args, window="first")

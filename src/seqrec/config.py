@@ -194,6 +194,10 @@ class TrainConfig:
     # each chunk sorted by length (data/batches.py), so short-history batches carry little padding.
     # 0 = uniformly shuffled batches. The epoch still visits every user once.
     length_buckets: int = 8
+    # Which window of a history longer than maxlen + 1 events an epoch trains on: "last" (its most recent
+    # maxlen events) or "random" (one ending at a uniformly drawn event, fresh each epoch, so long
+    # histories are used whole over the epochs; data/batches.py). No effect on shorter histories.
+    window: str = "last"
     checkpoint_every_steps: int = 0  # also save `last` every N steps inside an epoch (0 = at epoch ends only)
     device: str = "auto"  # auto | cpu | cuda | cuda:N (under torchrun: auto/cuda = cuda:LOCAL_RANK)
     num_threads: int = 0  # torch intra-op threads on CPU (0 = torch default)
@@ -217,6 +221,7 @@ class TrainConfig:
         if self.weight_decay < 0 or self.warmup_steps < 0 or self.patience < 0 or self.checkpoint_every_steps < 0:
             raise ConfigError("train.weight_decay, warmup_steps, patience, checkpoint_every_steps must be >= 0")
         _check_choice("train.lr_decay", self.lr_decay, ("none", "cosine", "plateau"))
+        _check_choice("train.window", self.window, ("last", "random"))
         if self.plateau_patience < 1:
             raise ConfigError(f"train.plateau_patience must be >= 1, got {self.plateau_patience}")
         if self.clip_grad_norm is not None and self.clip_grad_norm <= 0:

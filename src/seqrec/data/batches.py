@@ -192,6 +192,10 @@ class BatchBuilder:
             batches shuffled: rows of a batch then have similar lengths, so trimming removes most padding
             (``epoch_order``). Same users per epoch, same batch size; only who shares a batch changes.
         actions: optional (N,) action type per event, aligned with ``items``; gives ``Batch.pos_actions``.
+        window: "last" = every user's window ends at their last training event (an epoch sees at most
+            ``maxlen`` next-item pairs per user); "random" = a user whose training prefix is longer than
+            ``maxlen + 1`` gets a window ending at a uniformly drawn event of it, fresh each epoch, so over
+            the epochs every pair of a long history is trained on. Short prefixes are unaffected.
     """
 
     def __init__(
@@ -205,9 +209,13 @@ class BatchBuilder:
         trim: bool = True,
         actions: np.ndarray | None = None,
         length_buckets: int = 0,
+        window: str = "last",
     ):
         if length_buckets < 0:
             raise ValueError(f"length_buckets must be >= 0, got {length_buckets}")
+        if window not in ("last", "random"):
+            raise ValueError(f"window must be 'last' or 'random', got {window!r}")
+        self.window = window
         self.offsets = offsets
         self.items = items
         self.train_lengths = train_lengths
@@ -246,6 +254,12 @@ class BatchBuilder:
     def build(self, users: np.ndarray, rng: np.random.Generator) -> Batch:
         starts = self.offsets[users]
         lengths = self.train_lengths[users]
+        if self.window == "random":
+            # End the window `back` events before the prefix's end: 0..(n - maxlen - 1) for a prefix of n
+            # events, so every window still holds maxlen + 1 events. Drawn before the negatives, from the
+            # batch's own generator, so a batch stays a function of (seed, epoch, step).
+            spare = np.maximum(lengths - self.maxlen - 1, 0)
+            lengths = lengths - np.floor(rng.random(len(users)) * (spare + 1)).astype(np.int64)
         # The encoder is padding-invariant, so columns that are padding in every row can be dropped:
         # short sequences then cost O(longest in batch), not O(maxlen).
         width = max(int((lengths - 1).max(initial=1)), 1) if self.trim else self.maxlen

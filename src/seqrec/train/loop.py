@@ -210,7 +210,7 @@ def _train(
     builder = BatchBuilder(
         inter.offsets, inter.items, split.train_lengths, inter.num_items, config.model.maxlen,
         config.loss.negatives_per_position, actions=inter.actions if config.loss.action_weights else None,
-        length_buckets=tc.length_buckets,
+        length_buckets=tc.length_buckets, window=tc.window,
     )
     if config.loss.action_weights and inter.actions is None:
         raise ValueError("loss.action_weights needs the action type of every event (e.g. TAAC data); this data has none")
