@@ -233,12 +233,12 @@ def test_random_windows_stay_inside_the_prefix_and_cover_every_pair():
         assert inp == prefix[start : start + 2] and pos == prefix[start + 1 : start + 3]
         assert b.loss_mask[0].all()
         ends.add(pos[-1])
-        pairs.update(zip(inp, pos))
+        pairs.update(zip(inp, pos, strict=True))
         assert torch.equal(b.input_ids[1], ref.input_ids[1]) and torch.equal(b.pos_ids[1], ref.pos_ids[1])
         assert torch.equal(b.loss_mask[1], ref.loss_mask[1])
     assert ends == {13, 14, 15}  # never past the prefix (16, 17 are validation/test), every end reached
     assert pairs == {(11, 12), (12, 13), (13, 14), (14, 15)}  # "last" only ever trains on (13,14), (14,15)
-    assert set(zip(ref.input_ids[0].tolist(), ref.pos_ids[0].tolist())) == {(13, 14), (14, 15)}
+    assert set(zip(ref.input_ids[0].tolist(), ref.pos_ids[0].tolist(), strict=True)) == {(13, 14), (14, 15)}
 
 
 def test_random_windows_are_deterministic_and_last_mode_is_the_default():
@@ -254,7 +254,7 @@ def test_random_windows_are_deterministic_and_last_mode_is_the_default():
     other = a.build(order[64:96], np.random.default_rng([3, 2, 2, 1]))
     assert not torch.equal(other.input_ids, x.input_ids)
     # "last" (the default) is the window of the most recent events
-    d, l = BatchBuilder(*args), BatchBuilder(*args, window="last")
-    assert torch.equal(d.batch(3, 1, 2, 32).input_ids, l.batch(3, 1, 2, 32).input_ids)
+    default, last = BatchBuilder(*args), BatchBuilder(*args, window="last")
+    assert torch.equal(default.batch(3, 1, 2, 32).input_ids, last.batch(3, 1, 2, 32).input_ids)
     with pytest.raises(ValueError, match="window"):
         BatchBuilder(*args, window="first")
