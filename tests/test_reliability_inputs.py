@@ -572,7 +572,7 @@ def test_users_file_problems(trained, tmp_path, capsys):
     assert f"users file not found: {tmp_path / 'none.txt'}" in err
     latin = write(tmp_path / "latin.txt", "Jos\u00e9\n".encode("latin-1"))
     err = cli_error(["recommend", str(trained), "--users-file", str(latin), "--out", str(out)], capsys, "recommend")
-    assert f"{latin}: not UTF-8 text" in err
+    assert f"{latin}:1: not UTF-8 text" in err
     assert not out.exists()
 
 

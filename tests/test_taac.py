@@ -486,7 +486,7 @@ def _with_bad_seq_line(directory: Path, line_text: str) -> None:
         ("[[1, 2, null, {}, 0, 5], [4, 1, null,", "line"),  # truncated line
         ('{"user": 1}', "line"),
         ("[]", "line"),
-        ("[[" + "9" * 5000 + ", 2, null, {}, 0, 5]]", "line"),  # beyond int() digit limit
+        ("[[" + "9" * 5000 + ", 2, null, {}, 0, 5]]", "record 0 user_id"),  # beyond int() digit limit
         ("[[4, 1, null, {}, 0, 5]]", "user_id"),  # user 4 already has line 1
     ],
 )
@@ -518,7 +518,7 @@ def test_invalid_utf8_is_a_value_error(tmp_path):
         ('{\n"1": {"100": 1}\n"2": {}}', "item_feat_dict.json:3: item '1'"),  # missing comma
         ('{"1": {}} trailing', "item_feat_dict.json:1: file"),
         ('{\n"' + "9" * 5000 + '": {}}', "item_feat_dict.json:2: item '999"),  # beyond int() digit limit
-        ('{\n"1": {"100": ' + "9" * 5000 + "}}", "item_feat_dict.json:2: item '1'"),
+        ('{\n"1": {"100": ' + "9" * 5000 + "}}", "item_feat_dict.json:2: item '1'['100']: expected"),
         ("[1, 2]", "item_feat_dict.json:1: file"),
     ],
 )

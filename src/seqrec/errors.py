@@ -28,7 +28,8 @@ class SeqrecError(Exception):
 
     Attributes:
         path: the offending file or directory, or None.
-        line: 1-based line number in ``path``, or None where the file has no lines (or none applies).
+        line: 1-based line number in ``path`` (the row of a Parquet file), or None where the file has no
+            lines (pickles, ``.npy`` arrays) or none applies.
         field: the offending field, key, column or setting (``"model.maxlen"``), or None.
     """
 

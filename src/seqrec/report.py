@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 
 from seqrec.config import RunConfig, config_to_dict
+from seqrec.errors import DataError
 
 CURVE_K = 10  # validation curves show NDCG@K and HR@K at this cut-off (the papers' headline metric)
 
@@ -94,9 +95,9 @@ def read_run(path: str | Path, label: str | None = None) -> RunLog:
         except json.JSONDecodeError as exc:
             if lineno == len(lines):
                 break  # a record torn by a kill mid-append, as the training loop treats it
-            raise ValueError(f"{metrics}:{lineno}: not a JSON record ({exc.msg})") from exc
+            raise DataError(f"{metrics}:{lineno}: not a JSON record ({exc.msg})", path=metrics, line=lineno) from exc
     if not records:
-        raise ValueError(f"{metrics}: no epoch records yet")
+        raise DataError(f"{metrics}: no epoch records yet", path=metrics)
     results_path = path / "results.json"
     results = json.loads(results_path.read_text(encoding="utf-8")) if results_path.is_file() else None
     config_path = path / "config.yaml"

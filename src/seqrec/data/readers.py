@@ -55,7 +55,8 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
                 try:
                     line = raw.decode("utf-8")
                 except UnicodeDecodeError as exc:
-                    raise DataError(f"{path}:{lineno}: not valid UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+                    raise DataError(f"{path}:{lineno}: not valid UTF-8 text ({exc.reason} at byte {exc.start})",
+                                    path=path, line=lineno) from exc
                 if lineno == 1:
                     # Spreadsheet exports often start with a UTF-8 byte-order mark; it is not part of the data.
                     line = line.removeprefix("\ufeff")
@@ -63,7 +64,8 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
     except (EOFError, lzma.LZMAError, gzip.BadGzipFile, zlib.error, OSError) as exc:
         # Decompression runs in blocks ahead of the lines, so the damage lies somewhere after this point.
         where = f"after line {lineno}" if lineno else "before the first line"
-        raise DataError(f"{path}: compressed stream is truncated or corrupt {where} ({exc})") from exc
+        raise DataError(f"{path}: compressed stream is truncated or corrupt {where} ({exc})", path=path,
+                        line=lineno + 1 if lineno else None) from exc
 
 
 def _detect_format(path: Path, fmt: str) -> str:
@@ -88,21 +90,27 @@ MAX_ID_CHARS = 1000  # longest text id of a CSV/TSV row; longer ones are refused
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # C0 controls but tab, and DEL
 
 
+def _field_error(path: Path, lineno: int, field: str, text: str) -> DataError:
+    """``<path>:<line>: field <field>: <text>``, with ``path``, ``line`` and ``field`` set on the error."""
+    return DataError(f"{path}:{lineno}: field {field}: {text}", path=path, line=lineno, field=field)
+
+
 def _parse_positive_int(token: str, path: Path, lineno: int, field: str) -> int:
     # ASCII digits only: int() also accepts "1_0", "+5" and non-ASCII digits, which would silently
     # merge distinct raw ids; ids must also fit the int64 arrays they are stored in.
     if not (token.isascii() and token.isdigit()):
         if token.isascii() and token.startswith("-") and token[1:].isdigit():
-            raise DataError(f"{path}:{lineno}: field {field}: id must be >= 1 (0 is reserved for padding), got {token[:40]}")
-        raise DataError(f"{path}:{lineno}: field {field}: expected a positive integer id, got {token[:40]!r}")
+            raise _field_error(path, lineno, field, f"id must be >= 1 (0 is reserved for padding), got {token[:40]}")
+        raise _field_error(path, lineno, field, f"expected a positive integer id, got {token[:40]!r}")
     digits = token.lstrip("0") or "0"
     # The length first: int() refuses over 4,300 digits with a message that names neither file nor line.
     if len(digits) > _INT64_DIGITS or int(digits) > _INT64_MAX:
         shown = digits if len(digits) <= 40 else f"of {len(digits):,} digits ({digits[:20]}...)"
-        raise DataError(f"{path}:{lineno}: field {field}: id {shown} does not fit in 64 bits")
+        raise _field_error(path, lineno, field, f"id {shown} does not fit in 64 bits (ids are int64: at most "
+                                                f"{_INT64_MAX}, {_INT64_DIGITS} digits)")
     value = int(digits)
     if value == 0:
-        raise DataError(f"{path}:{lineno}: field {field}: id must be >= 1 (0 is reserved for padding), got {token}")
+        raise _field_error(path, lineno, field, f"id must be >= 1 (0 is reserved for padding), got {token}")
     return value
 
 
@@ -117,9 +125,8 @@ def read_sasrec(path: Path, on_bad_line: str = "error") -> tuple[np.ndarray, np.
             continue  # blank lines (e.g. a trailing newline pair) carry no event, as in CSV/TSV
         try:
             if len(parts) != 2:
-                raise DataError(
-                    f"{path}:{lineno}: expected 2 fields 'user item', got {len(parts)}: {line[:80]!r}"
-                )
+                raise DataError(f"{path}:{lineno}: expected 2 fields 'user item', got {len(parts)}: {line[:80]!r}",
+                                path=path, line=lineno)
             users.append(_parse_positive_int(parts[0], path, lineno, "user"))
             items.append(_parse_positive_int(parts[1], path, lineno, "item"))
         except DataError:
@@ -131,7 +138,7 @@ def read_sasrec(path: Path, on_bad_line: str = "error") -> tuple[np.ndarray, np.
     if skipped:
         log.warning("%s: skipped %d malformed line(s) (data.on_bad_line=skip)", path, skipped)
     if not users:
-        raise DataError(f"{path}: no interactions (empty file or blank lines only)")
+        raise DataError(f"{path}: no interactions (empty file or blank lines only)", path=path)
     return np.asarray(users, dtype=np.int64), np.asarray(items, dtype=np.int64), None
 
 
@@ -139,9 +146,9 @@ def _parse_time(token: str, path: Path, lineno: int, field: str) -> float:
     try:
         value = float(token)
     except ValueError:
-        raise DataError(f"{path}:{lineno}: field {field}: expected a numeric timestamp, got {token!r}") from None
+        raise _field_error(path, lineno, field, f"expected a numeric timestamp, got {token[:40]!r}") from None
     if not math.isfinite(value):
-        raise DataError(f"{path}:{lineno}: field {field}: timestamp must be finite, got {token!r}")
+        raise _field_error(path, lineno, field, f"timestamp must be finite, got {token[:40]!r}")
     return value
 
 
@@ -157,7 +164,7 @@ def read_delimited(path: Path, config: DataConfig, delimiter: str) -> tuple[np.n
     first = next(((n, line) for n, line in rows if config.header or line.strip()), None)
     if first is None:
         raise DataError(f"{path}: empty file (expected a header row)" if config.header
-                        else f"{path}: no interactions (empty file or blank lines only)")
+                        else f"{path}: no interactions (empty file or blank lines only)", path=path)
     first_lineno, first_line = first
     first_fields = _split_row(first_line, delimiter, path, first_lineno)
     header = first_fields if config.header else None
@@ -178,7 +185,8 @@ def read_delimited(path: Path, config: DataConfig, delimiter: str) -> tuple[np.n
         try:
             fields = _split_row(line, delimiter, path, lineno)
             if len(fields) != len(first_fields):
-                raise DataError(f"{path}:{lineno}: expected {len(first_fields)} fields, got {len(fields)}")
+                raise DataError(f"{path}:{lineno}: expected {len(first_fields)} fields, got {len(fields)}",
+                                path=path, line=lineno)
             user = _text_id(fields[cols[0]], path, lineno, user_name)
             item = _text_id(fields[cols[1]], path, lineno, item_name)
             t = _parse_time(fields[cols[2]], path, lineno, time_name) if time_name is not None else None
@@ -194,10 +202,11 @@ def read_delimited(path: Path, config: DataConfig, delimiter: str) -> tuple[np.n
     if skipped:
         log.warning("%s: skipped %d malformed line(s) (data.on_bad_line=skip)", path, skipped)
     if not users:
-        raise DataError(f"{path}: no interactions (header only)" if config.header else f"{path}: no interactions")
+        raise DataError(f"{path}: no interactions (header only)" if config.header else f"{path}: no interactions",
+                        path=path)
     return (
-        _maybe_numeric(users),
-        _maybe_numeric(items),
+        _maybe_numeric(users, path, user_name),
+        _maybe_numeric(items, path, item_name),
         np.asarray(times, dtype=np.float64) if time_name is not None else None,
     )
 
@@ -218,10 +227,11 @@ def _resolve_columns(
             if all(_looks_like_number(f) for f in header):  # a data row where the header should be
                 hint = "; if the file has no header row, set data.header=false and the columns by position"
             raise DataError(f"{path}:{lineno}: missing column(s) {', '.join(map(repr, missing))}; "
-                            f"header has {header[:20]}{hint}")
+                            f"header has {header[:20]}{hint}", path=path, line=lineno, field=missing[0])
         repeated = [c for _, c in specs if isinstance(c, str) and header.count(c) > 1]
         if repeated:
-            raise DataError(f"{path}:{lineno}: column(s) {', '.join(map(repr, repeated))} appear more than once in the header")
+            raise DataError(f"{path}:{lineno}: column(s) {', '.join(map(repr, repeated))} appear more than once in the header",
+                            path=path, line=lineno, field=repeated[0])
     cols, names = [], []
     for setting, col in specs:
         if isinstance(col, str):
@@ -231,7 +241,7 @@ def _resolve_columns(
             continue
         if col >= width:
             raise DataError(f"{path}:{lineno}: data.{setting}={col} is out of range: the row has {width} field(s) "
-                            f"(positions 0..{width - 1})")
+                            f"(positions 0..{width - 1})", path=path, line=lineno, field=f"data.{setting}")
         cols.append(col)
         names.append(header[col] if header is not None else f"column {col}")
     return cols, names
@@ -249,15 +259,19 @@ def _text_id(value: str, path: Path, lineno: int, field: str) -> str:
     """A CSV/TSV id field, stripped; empty, over-long and control-character ids are refused."""
     value = value.strip()
     if not value:
-        raise DataError(f"{path}:{lineno}: field {field}: empty id")
+        raise _field_error(path, lineno, field, "empty id")
     if len(value) > MAX_ID_CHARS:
-        raise DataError(f"{path}:{lineno}: field {field}: id of {len(value):,} characters is longer than "
-                        f"{MAX_ID_CHARS:,} ({value[:20]!r}...)")
+        digits = value[1:] if value[:1] == "-" else value
+        if digits.isascii() and digits.isdigit():  # a number: say why it cannot be an integer id either
+            raise _field_error(path, lineno, field, f"id of {len(value):,} characters is longer than {MAX_ID_CHARS:,} "
+                               f"({value[:20]}...); integer ids must fit in int64 (at most {_INT64_DIGITS} digits)")
+        raise _field_error(path, lineno, field, f"id of {len(value):,} characters is longer than "
+                           f"{MAX_ID_CHARS:,} ({value[:20]!r}...)")
     bad = _CONTROL.search(value)
     if bad:
         # a NUL or another control character is damage (a binary file, a bad export), never part of an id
-        raise DataError(f"{path}:{lineno}: field {field}: id contains the control character {bad.group()!r} "
-                        f"at position {bad.start() + 1}: {value[:40]!r}")
+        raise _field_error(path, lineno, field, f"id contains the control character {bad.group()!r} "
+                           f"at position {bad.start() + 1}: {value[:40]!r}")
     return value
 
 
@@ -265,7 +279,8 @@ def _split_row(line: str, delimiter: str, path: Path, lineno: int) -> list[str]:
     try:
         return next(csv.reader([line], delimiter=delimiter))
     except csv.Error as exc:  # e.g. a field over csv.field_size_limit()
-        raise DataError(f"{path}:{lineno}: malformed {'TSV' if delimiter == chr(9) else 'CSV'} row ({exc})") from exc
+        raise DataError(f"{path}:{lineno}: malformed {'TSV' if delimiter == chr(9) else 'CSV'} row ({exc})",
+                        path=path, line=lineno) from exc
 
 
 def _is_int64_text(value: str) -> bool:
@@ -275,11 +290,24 @@ def _is_int64_text(value: str) -> bool:
             and -_INT64_MAX - 1 <= int(value) <= _INT64_MAX)
 
 
-def _maybe_numeric(values: list[str]) -> np.ndarray:
-    """Integer ids stay integers (so ``7`` and ``07`` are one user); anything else stays a string."""
-    if all(_is_int64_text(v) for v in values):
-        return np.asarray([int(v) for v in values], dtype=np.int64)
-    return np.asarray(values, dtype=object)
+def _maybe_numeric(values: list[str], path: Path, field: str) -> np.ndarray:
+    """Integer ids stay integers (so ``7`` and ``07`` are one user); anything else stays a string.
+
+    A column of integers of which some do not fit in int64 is read as text, with a warning: ``7`` and
+    ``07`` are then two ids.
+    """
+    beyond = None
+    for v in values:
+        if not _is_int64_text(v):
+            digits = v[1:] if v[:1] == "-" else v
+            if not (digits.isascii() and digits.isdigit()):
+                return np.asarray(values, dtype=object)
+            beyond = beyond or v
+    if beyond is not None:
+        log.warning("%s: field %s: id %s does not fit in int64; the column is read as text ids", path, field,
+                    beyond if len(beyond) <= 40 else f"{beyond[:20]}... ({len(beyond):,} digits)")
+        return np.asarray(values, dtype=object)
+    return np.asarray([int(v) for v in values], dtype=np.int64)
 
 
 def read_parquet(path: Path, config: DataConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -287,27 +315,29 @@ def read_parquet(path: Path, config: DataConfig) -> tuple[np.ndarray, np.ndarray
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError as exc:  # pragma: no cover - depends on the extra
-        raise DataError(f"{path}: reading Parquet needs pyarrow (pip install 'seqrec[parquet]')") from exc
+        raise DataError(f"{path}: reading Parquet needs pyarrow (pip install 'seqrec[parquet]')", path=path) from exc
     try:
         table = pq.read_table(path)
         # read_table does not check string data; invalid UTF-8 would only fail later, in to_numpy,
         # with a bare ArrowException (found by tests/test_reliability_hypothesis.py)
         table.validate(full=True)
     except Exception as exc:  # pyarrow raises many types for corrupt files
-        raise DataError(f"{path}: not a readable Parquet file ({exc})") from exc
+        raise DataError(f"{path}: not a readable Parquet file ({exc})", path=path) from exc
     if not config.header:
-        raise DataError(f"{path}: data.header=false applies to CSV/TSV; a Parquet file always names its columns")
+        raise DataError(f"{path}: data.header=false applies to CSV/TSV; a Parquet file always names its columns",
+                        path=path, field="data.header")
     wanted = [config.user_col, config.item_col] + ([config.time_col] if config.time_col is not None else [])
     out_of_range = [c for c in wanted if isinstance(c, int) and c >= table.num_columns]
     if out_of_range:
         raise DataError(f"{path}: column position(s) {', '.join(map(str, out_of_range))} out of range: the file has "
-                        f"{table.num_columns} column(s)")
+                        f"{table.num_columns} column(s)", path=path, field=str(out_of_range[0]))
     wanted = [table.column_names[c] if isinstance(c, int) else c for c in wanted]
     missing = [c for c in wanted if c not in table.column_names]
     if missing:
-        raise DataError(f"{path}: missing column(s) {', '.join(map(repr, missing))}; has {table.column_names}")
+        raise DataError(f"{path}: missing column(s) {', '.join(map(repr, missing))}; has {table.column_names}",
+                        path=path, field=missing[0])
     if table.num_rows == 0:
-        raise DataError(f"{path}: no interactions (0 rows)")
+        raise DataError(f"{path}: no interactions (0 rows)", path=path)
     out = []
     for c in wanted[:2]:
         col = table.column(c)
@@ -315,13 +345,19 @@ def read_parquet(path: Path, config: DataConfig) -> tuple[np.ndarray, np.ndarray
             col = col.cast(col.type.value_type)
         # Only integer and text ids survive the round trip through the checkpoint's id maps unchanged.
         if not (pa.types.is_integer(col.type) or pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
-            raise DataError(f"{path}: column {c!r}: ids must be integers or strings, got type {col.type}")
+            raise DataError(f"{path}: column {c!r}: ids must be integers or strings, got type {col.type}",
+                            path=path, field=c)
         if col.null_count:
             first = int(np.argmax(col.is_null().to_numpy(zero_copy_only=False))) + 1
-            raise DataError(f"{path}: row {first}: column {c!r}: null id ({col.null_count} null id(s) in the column)")
+            raise DataError(f"{path}: row {first}: column {c!r}: null id ({col.null_count} null id(s) in the column)",
+                            path=path, line=first, field=c)
+        if not pa.types.is_integer(col.type):
+            _check_parquet_text_ids(path, c, col)
         values = col.to_numpy(zero_copy_only=False)
         if values.dtype == np.uint64 and len(values) and values.max() > _INT64_MAX:
-            raise DataError(f"{path}: column {c!r}: id {values.max()} does not fit in 64-bit signed ids")
+            row = int(np.argmax(values > _INT64_MAX)) + 1
+            raise DataError(f"{path}: row {row}: column {c!r}: id {values[row - 1]} does not fit in int64 (ids are at "
+                            f"most {_INT64_MAX})", path=path, line=row, field=c)
         out.append(values.astype(np.int64) if np.issubdtype(values.dtype, np.integer) else values.astype(object))
     times = None
     if config.time_col is not None:
@@ -329,11 +365,31 @@ def read_parquet(path: Path, config: DataConfig) -> tuple[np.ndarray, np.ndarray
         try:
             times = table.column(time_col).to_numpy(zero_copy_only=False).astype(np.float64)
         except (ValueError, TypeError) as exc:
-            raise DataError(f"{path}: column {time_col!r}: not numeric timestamps ({exc})") from exc
+            raise DataError(f"{path}: column {time_col!r}: not numeric timestamps ({exc})",
+                            path=path, field=time_col) from exc
         bad = np.flatnonzero(~np.isfinite(times))
         if len(bad):
-            raise DataError(f"{path}: row {bad[0] + 1}: column {time_col!r}: timestamp is not finite")
+            raise DataError(f"{path}: row {bad[0] + 1}: column {time_col!r}: timestamp is not finite",
+                            path=path, line=int(bad[0]) + 1, field=time_col)
     return out[0], out[1], times
+
+
+def _check_parquet_text_ids(path: Path, name: str, col) -> None:
+    """The checks of a CSV text id (``_text_id``) on a Parquet string column: empty, over-long, control chars."""
+    import pyarrow.compute as pc
+
+    # RE2 (pyarrow's regex engine) reads the escapes of _CONTROL's class; the pattern holds no raw NUL
+    checks = (
+        (pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(col)), 0), "empty id"),
+        (pc.greater(pc.utf8_length(col), MAX_ID_CHARS), f"id longer than {MAX_ID_CHARS:,} characters"),
+        (pc.match_substring_regex(col, r"[\x00-\x08\x0a-\x1f\x7f]"), "id contains a control character"),
+    )
+    for mask, what in checks:
+        flags = mask.to_numpy(zero_copy_only=False)
+        if flags.any():
+            row = int(np.argmax(flags)) + 1
+            shown = str(col[row - 1])[:40]
+            raise DataError(f"{path}: row {row}: column {name!r}: {what}: {shown!r}", path=path, line=row, field=name)
 
 
 def build_interactions(
@@ -394,16 +450,18 @@ def read_interactions(config: DataConfig) -> Interactions:
         from seqrec.data.storage import is_interactions_dir, load_interactions
 
         if not is_interactions_dir(path):
-            raise DataError(f"{path}: not a seqrec interactions directory (no meta.json of that format)")
+            raise DataError(f"{path}: not a seqrec interactions directory (no meta.json of that format)", path=path)
         if config.kcore > 1:
-            raise DataError(f"{path}: data.kcore is not applied to a saved seqrec directory; filter before saving")
+            raise DataError(f"{path}: data.kcore is not applied to a saved seqrec directory; filter before saving",
+                            path=path, field="data.kcore")
         return load_interactions(path)  # memory-mapped; events are already in order
     if path.is_dir():
-        raise DataError(f"{path}: is a directory; expected an interaction log file")
+        raise DataError(f"{path}: is a directory; expected an interaction log file", path=path)
     fmt = _detect_format(path, config.format)
     if fmt == "sasrec":
         if config.time_col is not None:
-            raise DataError(f"{path}: SASRec text has no timestamp column; unset data.time_col")
+            raise DataError(f"{path}: SASRec text has no timestamp column; unset data.time_col", path=path,
+                            field="data.time_col")
         users, items, times = read_sasrec(path, config.on_bad_line)
     elif fmt in ("csv", "tsv"):
         users, items, times = read_delimited(path, config, "," if fmt == "csv" else "\t")
@@ -413,7 +471,7 @@ def read_interactions(config: DataConfig) -> Interactions:
         try:
             users, items, times = kcore_filter(users, items, times, config.kcore)
         except DataError as exc:  # kcore_filter works on arrays and does not know the file
-            raise DataError(f"{path}: {exc} (data.kcore={config.kcore})") from None
+            raise DataError(f"{path}: {exc} (data.kcore={config.kcore})", path=path, field="data.kcore") from None
     inter = build_interactions(users, items, times)
     _warn_duplicates(inter, path)
     return inter

@@ -125,7 +125,8 @@ def safe_load_pickle(path: str | Path, *, numeric_arrays: bool = False) -> Any:
     Raises:
         FileNotFoundError: ``path`` does not exist.
         UnsafePickleError: the file names a global (class or callable); nothing from it was executed.
-        ValueError: the file is not a valid pickle (truncated, corrupt, or not a pickle at all).
+        DataError: the file is not a valid pickle (truncated, corrupt, or not a pickle at all); a
+            ``ValueError``, as before.
     """
     path = Path(path)
     with open(path, "rb") as f:
@@ -134,6 +135,6 @@ def safe_load_pickle(path: str | Path, *, numeric_arrays: bool = False) -> Any:
         except UnsafePickleError:
             raise
         except RecursionError as exc:
-            raise ValueError(f"{path}: pickle is nested too deeply to load") from exc
+            raise DataError(f"{path}: pickle is nested too deeply to load", path=path) from exc
         except Exception as exc:  # noqa: BLE001 - every failure of a corrupt pickle is a data error
-            raise ValueError(f"{path}: not a valid pickle ({type(exc).__name__}: {exc})") from exc
+            raise DataError(f"{path}: not a valid pickle ({type(exc).__name__}: {exc})", path=path) from exc

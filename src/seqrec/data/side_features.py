@@ -64,7 +64,8 @@ def _read_id_map(path: Path) -> dict[int, int]:
             if not parts:
                 continue
             if len(parts) != 2 or not all(_is_id(p) for p in parts):
-                raise DataError(f"{path}:{lineno}: expected '<sasrec id> <original id>', got {line.strip()[:80]!r}",
+                raise DataError(f"{path}:{lineno}: expected '<sasrec id> <original id>', got {line.strip()[:80]!r} "
+                                "(ids: ASCII digits, at most 18)",
                                 path=path, line=lineno)
             mapping[int(parts[0])] = int(parts[1])
     return mapping
@@ -83,7 +84,8 @@ def _dat_rows(path: Path, fields: int, numeric: tuple[int, ...] = (0,)) -> list[
                             path=path, line=lineno)
         for k in numeric:
             if not _is_id(parts[k]):
-                raise DataError(f"{path}:{lineno}: field {k + 1}: expected a non-negative integer, got {parts[k][:40]!r}",
+                raise DataError(f"{path}:{lineno}: field {k + 1}: expected a non-negative integer of at most 18 digits, "
+                                f"got {parts[k][:40]!r}",
                                 path=path, line=lineno, field=str(k + 1))
         rows.append(parts)
     return rows
@@ -218,8 +220,9 @@ def attribute_items(path: str | Path, raw_item_ids: np.ndarray, name: str = "att
         values = table.get(str(raw))
         if values is None:
             continue
-        if not isinstance(values, list) or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values):
-            raise DataError(f"{path}: item {raw}: expected a list of attribute ids >= 1, got {str(values)[:80]}",
+        if not isinstance(values, list) or not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v < 2**63 for v in values):
+            # ids beyond int64 used to pass here and overflow in csr_from_lists; json.loads keeps every int printable
+            raise DataError(f"{path}: item {raw}: expected a list of attribute ids >= 1 (int64), got {str(values)[:80]}",
                             path=path, field=str(raw))
         matched[i] = True
         lists[i] = values

@@ -122,22 +122,22 @@ def load_interactions(directory: str | Path, mmap: bool = True) -> Interactions:
     items = _load(directory / "items.npy", mode)
     n_users, n_items, n_events = meta["num_users"], meta["num_items"], meta["num_events"]
     if offsets.shape != (n_users + 1,) or offsets.dtype != np.int64:
-        raise StorageError(f"{directory / 'offsets.npy'}: expected ({n_users + 1},) int64, got {offsets.shape} {offsets.dtype}")
+        raise StorageError(f"{directory / 'offsets.npy'}: expected ({n_users + 1},) int64, got {offsets.shape} {offsets.dtype}", path=directory / 'offsets.npy')
     if items.shape != (n_events,) or not np.issubdtype(items.dtype, np.integer):
-        raise StorageError(f"{directory / 'items.npy'}: expected ({n_events},) integers, got {items.shape} {items.dtype}")
+        raise StorageError(f"{directory / 'items.npy'}: expected ({n_events},) integers, got {items.shape} {items.dtype}", path=directory / 'items.npy')
     if int(offsets[0]) != 0 or int(offsets[-1]) != n_events:
-        raise StorageError(f"{directory / 'offsets.npy'}: must start at 0 and end at {n_events}")
+        raise StorageError(f"{directory / 'offsets.npy'}: must start at 0 and end at {n_events}", path=directory / 'offsets.npy')
     if n_users and int(np.diff(offsets).min()) < 0:
-        raise StorageError(f"{directory / 'offsets.npy'}: offsets decrease")
+        raise StorageError(f"{directory / 'offsets.npy'}: offsets decrease", path=directory / 'offsets.npy')
     timestamps = actions = None
     if meta.get("has_timestamps"):
         timestamps = _load(directory / "timestamps.npy", mode)
         if timestamps.shape != (n_events,):
-            raise StorageError(f"{directory / 'timestamps.npy'}: expected ({n_events},), got {timestamps.shape}")
+            raise StorageError(f"{directory / 'timestamps.npy'}: expected ({n_events},), got {timestamps.shape}", path=directory / 'timestamps.npy')
     if meta.get("has_actions"):
         actions = _load(directory / "actions.npy", mode)
         if actions.shape != (n_events,):
-            raise StorageError(f"{directory / 'actions.npy'}: expected ({n_events},), got {actions.shape}")
+            raise StorageError(f"{directory / 'actions.npy'}: expected ({n_events},), got {actions.shape}", path=directory / 'actions.npy')
     user_ids = read_ids(directory, meta["user_ids"], n_users, mode)
     item_ids = read_ids(directory, meta["item_ids"], n_items + 1, mode)
     return Interactions(offsets=offsets, items=items, user_ids=user_ids, item_ids=item_ids,
@@ -152,7 +152,7 @@ def load_item_features(directory: str | Path, mmap: bool = True) -> dict[str, np
     for feature_id, info in meta.get("item_features", {}).items():
         column = _load(directory / info["file"], "r" if mmap else None)
         if column.shape != (meta["num_items"] + 1,):
-            raise StorageError(f"{directory / info['file']}: expected ({meta['num_items'] + 1},), got {column.shape}")
+            raise StorageError(f"{directory / info['file']}: expected ({meta['num_items'] + 1},), got {column.shape}", path=directory / info['file'])
         out[feature_id] = column
     return out
 
@@ -161,20 +161,20 @@ def read_meta(directory: str | Path) -> dict[str, Any]:
     """The parsed ``meta.json`` after checking the format name and version."""
     path = Path(directory) / META_FILE
     if not Path(directory).is_dir():
-        raise StorageError(f"{directory}: not a directory")
+        raise StorageError(f"{directory}: not a directory", path=directory)
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise StorageError(f"{path}: missing; not a seqrec interactions directory") from None
+        raise StorageError(f"{path}: missing; not a seqrec interactions directory", path=path) from None
     except ValueError as exc:
-        raise StorageError(f"{path}: not valid JSON ({exc})") from exc
+        raise StorageError(f"{path}: not valid JSON ({exc})", path=path) from exc
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
-        raise StorageError(f"{path}: format is not {FORMAT_NAME!r}")
+        raise StorageError(f"{path}: format is not {FORMAT_NAME!r}", path=path)
     if meta.get("version") != FORMAT_VERSION:
-        raise StorageError(f"{path}: format version {meta.get('version')!r} is not supported (this code reads {FORMAT_VERSION})")
+        raise StorageError(f"{path}: format version {meta.get('version')!r} is not supported (this code reads {FORMAT_VERSION})", path=path)
     for key in ("num_users", "num_items", "num_events", "user_ids", "item_ids"):
         if key not in meta:
-            raise StorageError(f"{path}: missing key {key!r}")
+            raise StorageError(f"{path}: missing key {key!r}", path=path)
     return meta
 
 
@@ -286,18 +286,21 @@ def read_ids(directory: Path, info: Mapping[str, Any], expected: int, mode: str 
                 for count, line in enumerate(handle, start=1):  # noqa: B007 - count is checked below
                     if count > expected:
                         break
-                    ids[count - 1] = json.loads(line)
+                    try:
+                        ids[count - 1] = json.loads(line)
+                    except ValueError as exc:  # was reported one line too late
+                        raise StorageError(f"{path}:{count}: not valid JSON ({exc})", path=path, line=count) from exc
         except FileNotFoundError:
-            raise StorageError(f"{path}: missing") from None
-        except ValueError as exc:
-            raise StorageError(f"{path}: line {count + 1}: not valid JSON ({exc})") from exc
+            raise StorageError(f"{path}: missing", path=path) from None
+        except UnicodeDecodeError as exc:  # raised while reading the next line
+            raise StorageError(f"{path}:{count + 1}: not UTF-8 text ({exc.reason})", path=path, line=count + 1) from exc
         if count != expected:
-            raise StorageError(f"{path}: expected {expected} ids, found {count if count <= expected else 'more'}")
+            raise StorageError(f"{path}: expected {expected} ids, found {count if count <= expected else 'more'}", path=path)
         return ids
     else:
-        raise StorageError(f"{directory / META_FILE}: unknown id encoding {encoding!r}")
+        raise StorageError(f"{directory / META_FILE}: unknown id encoding {encoding!r}", path=directory / META_FILE)
     if ids.shape != (expected,):
-        raise StorageError(f"{path}: expected ({expected},) ids, got {ids.shape}")
+        raise StorageError(f"{path}: expected ({expected},) ids, got {ids.shape}", path=path)
     return ids
 
 
@@ -362,9 +365,9 @@ def _load(path: Path, mode: str | None) -> np.ndarray:
         # subclass would otherwise propagate into every slice and result and cost a little on each.
         return np.asarray(np.load(path, mmap_mode=mode, allow_pickle=False))
     except FileNotFoundError:
-        raise StorageError(f"{path}: missing") from None
+        raise StorageError(f"{path}: missing", path=path) from None
     except ValueError as exc:  # pickled object arrays, truncated headers
-        raise StorageError(f"{path}: not a plain .npy array ({exc})") from exc
+        raise StorageError(f"{path}: not a plain .npy array ({exc})", path=path) from exc
 
 
 def fsync_file(path: Path) -> None:

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from seqrec.errors import DataError
+
 log = logging.getLogger(__name__)
 
 _INT_TEXT = re.compile(r"[+-]?[0-9]+")
@@ -98,11 +100,16 @@ def _as_int(value: Any) -> int | None:
         return None
     if isinstance(value, (int, np.integer)):
         number = int(value)
-    elif isinstance(value, str) and _INT_TEXT.fullmatch(value.strip()):
+    elif isinstance(value, str) and _is_int64_text(value.strip()):
         number = int(value.strip())
     else:
         return None
     return number if _I64_MIN <= number <= _I64_MAX else None
+
+
+def _is_int64_text(text: str) -> bool:
+    # 20 characters hold every int64; the length first, since int() refuses over 4,300 digits
+    return len(text) <= 20 and _INT_TEXT.fullmatch(text) is not None
 
 
 def _alternate(value: Any) -> Any:
@@ -111,7 +118,7 @@ def _alternate(value: Any) -> Any:
         return None
     if isinstance(value, (int, np.integer)):
         return str(int(value))
-    if isinstance(value, str) and _INT_TEXT.fullmatch(value.strip()):
+    if isinstance(value, str) and _is_int64_text(value.strip()):
         return int(value.strip())
     return None
 
@@ -153,15 +160,18 @@ def read_id_lines(path: str | Path, *, file_kind: str, id_kind: str) -> list[str
 
     Raises:
         FileNotFoundError: If ``path`` does not exist.
-        ValueError: If the file is not UTF-8 text.
+        DataError: If the file is not UTF-8 text (a ``ValueError``; the message names the line).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{file_kind} file not found: {path}")
+    data = path.read_bytes()
     try:
-        text = path.read_text(encoding="utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ValueError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); expected one {id_kind} id a line") from exc
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text ({exc.reason} at byte {exc.start}); expected one {id_kind} id "
+                        "a line", path=path, line=line) from exc
     return [v for v in (line.strip() for line in text.splitlines()) if v]
 
 
@@ -174,7 +184,7 @@ def read_candidate_values(path: str | Path) -> list[str]:
     """
     values = read_id_lines(path, file_kind="candidates", id_kind="item")
     if not values:
-        raise ValueError(f"candidates file {path} lists no item id")
+        raise DataError(f"candidates file {path} lists no item id", path=path)
     return values
 
 
@@ -200,5 +210,5 @@ def read_candidates(path: str | Path, lookup: ItemLookup) -> np.ndarray:
         log.warning("%d of %d candidate ids in %s are unknown to the model and skipped: %s",
                     len(unknown), len(set(values)), path, shown(unknown))
     if not len(ids):
-        raise ValueError(f"none of the {len(set(values))} candidate ids in {path} is known to the model")
+        raise DataError(f"none of the {len(set(values))} candidate ids in {path} is known to the model", path=path)
     return np.unique(ids)

@@ -6,6 +6,7 @@ from seqrec.config import DataConfig
 from seqrec.data.dataset import Interactions
 from seqrec.data.feature_set import FeatureSet
 from seqrec.data.taac.reader import TaacData, read_taac
+from seqrec.errors import DataError
 
 
 def taac_features(data: TaacData) -> FeatureSet:
@@ -32,13 +33,13 @@ def read_taac_dataset(config: DataConfig, *, progress: bool = False) -> tuple[In
     """The interactions and features of the TAAC training directory ``config.path``.
 
     Raises:
-        ValueError: a data setting that does not apply to TAAC data (``data.kcore``, another feature source).
+        DataError: a data setting that does not apply to TAAC data (``data.kcore``, another feature source).
     """
     if config.kcore > 1:
-        raise ValueError(f"{config.path}: data.kcore is not applied to TAAC data")
+        raise DataError(f"{config.path}: data.kcore is not applied to TAAC data", path=config.path, field="data.kcore")
     data = read_taac(config.path, progress=progress)
     features = None if config.features == "none" else taac_features(data)
     if config.features not in (None, "none", "taac"):
-        raise ValueError(f"data.features={config.features}: a TAAC directory carries its own features; "
-                         "use null, taac or none")
+        raise DataError(f"data.features={config.features}: a TAAC directory carries its own features; "
+                        "use null, taac or none", path=config.path, field="data.features")
     return data.interactions, features

@@ -12,6 +12,7 @@ import numpy as np
 
 from seqrec.data.taac.columns import FeatureColumns
 from seqrec.data.taac.layout import (
+    BIG_INT_DECODER,
     INDEXER_FILE,
     READ_BLOCK,
     TaacFormatError,
@@ -84,7 +85,15 @@ class _JsonObjectReader:
                 line = self._line + self._buf.count("\n", self._pos, exc.pos)
                 raise TaacFormatError(self._path, line, field, f"not valid JSON ({exc.msg})") from exc
             except (ValueError, RecursionError) as exc:  # e.g. an int literal beyond Python's digit limit
-                raise self._error(field, f"cannot decode the JSON value ({exc})") from exc
+                try:  # as a LongIntLiteral, the value's own check names the feature that holds it
+                    value, end = BIG_INT_DECODER.raw_decode(self._buf, self._pos)
+                except json.JSONDecodeError as again:
+                    if self._fill():
+                        continue
+                    line = self._line + self._buf.count("\n", self._pos, again.pos)
+                    raise TaacFormatError(self._path, line, field, f"not valid JSON ({again.msg})") from exc
+                except (ValueError, RecursionError):
+                    raise self._error(field, f"cannot decode the JSON value ({exc})") from exc
             # A value ending exactly at the buffer's end (a number) may continue in the next block.
             if end == len(self._buf) and self._fill():
                 continue

@@ -51,8 +51,41 @@ class TaacFormatError(DataError):
         super().__init__(f"{where}: {field}: {message}", path=path, line=line, field=field)
 
 
+class LongIntLiteral:
+    """A JSON integer literal of more digits than ``int()`` converts (Python's 4,300-digit limit).
+
+    ``json.loads`` refuses such a line as a whole, naming no field; decoded with ``BIG_INT_DECODER`` it
+    stands in for the number, so the field's own check (``type(x) is int`` and the int64 range) refuses
+    it and names the field. It is never an int or a str, so it can pass no check.
+    """
+
+    __slots__ = ("digits", "text")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.digits = len(text.lstrip("-"))
+
+    def __repr__(self) -> str:
+        return f"{self.text[:20]}... ({self.digits:,} digits, beyond int64)"
+
+
+def _parse_int(text: str) -> int | LongIntLiteral:
+    # 20 characters hold every int64 ("-9223372036854775808"); JSON has no leading zeros
+    return int(text) if len(text) <= 20 else LongIntLiteral(text)
+
+
+BIG_INT_DECODER = json.JSONDecoder(parse_int=_parse_int)
+
+
 def describe(value: Any) -> str:
-    text = json.dumps(value) if type(value) in (int, float, str, bool, list, dict) else repr(value)
+    if isinstance(value, LongIntLiteral):
+        return f"int {value!r}"
+    if type(value) is int and not INT64_MIN <= value <= INT64_MAX:  # from a pickle: may be beyond str()
+        return f"int of {value.bit_length():,} bits, beyond int64"
+    try:
+        text = json.dumps(value) if type(value) in (int, float, str, bool, list, dict) else repr(value)
+    except ValueError:  # a list or dict holding an int beyond str()'s digit limit
+        text = f"{type(value).__name__} holding an int beyond int64"
     if len(text) > 60:
         text = text[:57] + "..."
     kind = "null" if value is None else type(value).__name__
@@ -110,7 +143,13 @@ def json_line(path: Path, line_no: int, raw: bytes) -> Any:
     except RecursionError as exc:
         raise TaacFormatError(path, line_no, "line", "JSON nested too deeply") from exc
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are both ValueErrors
-        raise TaacFormatError(path, line_no, "line", f"not valid JSON, possibly truncated ({exc})") from exc
+        error: Exception = exc
+        if type(exc) is ValueError:  # int() refused a literal of over 4,300 digits: let its field say so
+            try:
+                return BIG_INT_DECODER.decode(raw.decode("utf-8"))
+            except (ValueError, RecursionError) as again:  # the line is broken elsewhere too: say where
+                error = again
+        raise TaacFormatError(path, line_no, "line", f"not valid JSON, possibly truncated ({error})") from exc
 
 
 def json_lines(path: Path, bar: tqdm | None = None) -> Iterator[tuple[int, Any]]:
