@@ -284,3 +284,19 @@ def test_other_file_readers_name_file_and_line(tmp_path):
         safe_load_pickle(bad)
     assert_names(info.value, bad, None, None)
     assert "not a valid pickle" in str(info.value)
+
+
+def test_beauty_attribute_file_with_a_huge_int_names_the_item(tmp_path):
+    from seqrec.data.side_features import attribute_items
+
+    path = write(tmp_path / "attrs.json", '{"5": [1, 2],\n"6": [3, ' + DIGITS + "]}")
+    with pytest.raises(DataError) as info:
+        attribute_items(path, np.array([0, 5, 6]))
+    assert_names(info.value, path, None, "6")
+    assert "item 6: expected a list of attribute ids >= 1 (int64)" in str(info.value)
+    assert "(100,000 digits, beyond int64)" in str(info.value)
+    path = write(tmp_path / "big.json", '{"5": [1, ' + str(2**63) + "]}")  # int() reads it; int64 does not
+    with pytest.raises(DataError, match="item 5: expected a list of attribute ids >= 1 \\(int64\\)"):
+        attribute_items(path, np.array([0, 5]))
+    features, matched = attribute_items(write(tmp_path / "ok.json", '{"5": [1, 2]}'), np.array([0, 5, 6]))
+    assert matched.tolist() == [False, True, False]

@@ -22,6 +22,7 @@ import numpy as np
 
 from seqrec.data.dataset import Interactions
 from seqrec.data.feature_set import FeatureSet, csr_from_lists
+from seqrec.data.taac.layout import BIG_INT_DECODER
 from seqrec.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -202,11 +203,17 @@ def attribute_items(path: str | Path, raw_item_ids: np.ndarray, name: str = "att
     if not path.is_file():
         raise FileNotFoundError(f"item attribute file not found: {path}")
     try:
-        table = json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        try:
+            table = json.loads(text)
+        except json.JSONDecodeError:
+            raise
+        except ValueError:  # an int literal beyond int()'s 4,300 digits: the item's own check names it
+            table = BIG_INT_DECODER.decode(text)
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}:{exc.lineno}: not a JSON object of item id -> attribute ids ({exc.msg} at column "
                         f"{exc.colno})", path=path, line=exc.lineno) from exc
-    except (ValueError, UnicodeDecodeError) as exc:  # not UTF-8, or an int literal beyond Python's limit
+    except (ValueError, RecursionError) as exc:  # not UTF-8, nested too deeply
         raise DataError(f"{path}: not a JSON object of item id -> attribute ids ({exc})", path=path) from exc
     if not isinstance(table, dict):
         raise DataError(f"{path}: expected a JSON object of item id -> attribute ids", path=path)
