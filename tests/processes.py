@@ -3,6 +3,9 @@
 ``seqrec train --nproc 2`` starts torchrun, which starts the ranks; killing only the direct child (what
 ``subprocess.run`` does on a timeout) would leave torchrun and the ranks running, holding the CPUs and
 their ports while the next tests run. Killing the process group ends all of them.
+
+Children get ``PYTHONFAULTHANDLER=1``: a rank that aborts (SIGABRT from a C++ ``std::terminate``) or
+crashes prints every Python thread's stack to its stderr, which :func:`failure` puts into the assertion.
 """
 
 from __future__ import annotations
@@ -12,6 +15,34 @@ import signal
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+# Lines of a child's stderr that say why it died; kept even when the output is too long to show whole.
+_CLUES = ("terminate called", "what():", "Fatal Python error", "Signal ", "exitcode", "Error", "error:",
+          "Traceback", "Current thread", "Thread 0x")
+_SHOW = 12000  # characters of output shown whole; beyond that, the head, the clue lines and the tail
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The test process's environment for a child: faulthandler on, one intra-op thread unless given."""
+    env = dict(os.environ)
+    env.update(PYTHONFAULTHANDLER="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    env.update(extra)
+    return env
+
+
+def failure(done: subprocess.CompletedProcess, what: str = "") -> str:
+    """An assertion message for a child that failed: its command, return code and stderr (and stdout)."""
+    code = done.returncode
+    how = f"killed by signal {-code} ({signal.Signals(-code).name})" if code < 0 else f"exit status {code}"
+    head = f"{what + ': ' if what else ''}{' '.join(map(str, done.args[:8]))} ... ended with {how}"
+    return f"{head}\n--- stderr ---\n{_shorten(done.stderr or '')}\n--- stdout ---\n{_shorten(done.stdout or '')}"
+
+
+def _shorten(text: str) -> str:
+    if len(text) <= _SHOW:
+        return text
+    clues = [line for line in text.splitlines() if any(c in line for c in _CLUES)]
+    return "\n".join([text[:3000], "[...] lines that say why:", *clues[-80:], "[...] the end:", text[-5000:]])
 
 
 @contextmanager
@@ -42,5 +73,34 @@ def run(argv: list[str], *, timeout: float, **popen_kwargs) -> subprocess.Comple
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             out, err = proc.communicate()
-            raise AssertionError(f"{' '.join(argv[:6])} ... did not end within {timeout} s:\n{err[-3000:]}") from None
+            done = subprocess.CompletedProcess(argv, -signal.SIGKILL, out, err)
+            raise AssertionError(failure(done, f"did not end within {timeout} s")) from None
     return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+
+def _spawned(index: int, fn, args: tuple) -> None:
+    import faulthandler
+
+    faulthandler.enable()  # a rank that aborts or crashes prints its Python stacks into the test's output
+    fn(index, *args)
+
+
+def spawn(fn, args: tuple, nprocs: int, *, timeout: float) -> None:
+    """``torch.multiprocessing.spawn(fn, args, nprocs)`` with a deadline: a rank that fails or hangs past
+    ``timeout`` seconds fails the test, and every rank still running is killed first, so none is left
+    holding the CPUs, its port or the test's directory."""
+    import time
+
+    import torch.multiprocessing as mp
+
+    context = mp.start_processes(_spawned, args=(fn, args), nprocs=nprocs, join=False, start_method="spawn")
+    deadline = time.monotonic() + timeout
+    try:
+        while not context.join(timeout=1.0):  # raises ProcessRaisedException / ProcessExitedException
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{fn.__name__}: {nprocs} processes did not end within {timeout} s")
+    finally:
+        for process in context.processes:
+            if process.is_alive():
+                process.kill()
+            process.join()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
 import sys
 
 import numpy as np
@@ -19,6 +18,7 @@ from seqrec.errors import ConfigError
 from seqrec.model.sasrec import score_items
 from seqrec.train.loop import RunDirError
 from tests.conftest import tiny_config
+from tests.processes import child_env, failure, run
 
 TINY = {
     "data.synthetic_users": 300, "data.synthetic_items": 60, "model.maxlen": 20, "model.hidden_dim": 16,
@@ -67,7 +67,8 @@ def _direct(rec, histories: list[list[int]], k: int, exclude_seen: bool = True, 
 
 def test_import_is_cheap_and_train_is_both_package_and_function():
     code = "import sys, seqrec; assert 'torch' not in sys.modules and callable(seqrec.train); print('ok')"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "ok\n"
+    done = run([sys.executable, "-c", code], timeout=120, env=child_env())  # its group is killed whatever happens
+    assert (done.returncode, done.stdout) == (0, "ok\n"), failure(done)
     import seqrec.train.loop  # the subpackage import keeps seqrec.train callable
 
     assert callable(seqrec.train) and seqrec.train.loop.train is not None

@@ -21,7 +21,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import yaml
 
 from seqrec.cli import torchrun_command
@@ -30,10 +29,13 @@ from seqrec.train.checkpoint import load_checkpoint
 from seqrec.train.loop import train
 from seqrec.train.objective import Objective
 from tests.conftest import tiny_config
-from tests.processes import run
+from tests.processes import child_env, failure, run, spawn
 
 WORLD = 2
 REPO = Path(__file__).resolve().parents[1]
+# A hang fails the test (its ranks killed) instead of holding the CI job until its own limit. The
+# spawned tests take well under a minute on 2 idle cores; 15 minutes leaves room for a loaded machine.
+SPAWN_TIMEOUT = 900
 
 # 300 training users: batches of 64 leave a last batch of 44 (22 rows per rank); batches of 299 leave a
 # last batch of one row, so rank 0 has no row at all in that step and must still join every collective.
@@ -123,7 +125,7 @@ def test_two_processes_train_the_single_process_model(tmp_path, monkeypatch):
     monkeypatch.undo()
 
     # ... is continued by two processes in the worker, after the fresh 2-process runs.
-    mp.spawn(_worker, args=(str(tmp_path),), nprocs=WORLD)
+    spawn(_worker, (str(tmp_path),), WORLD, timeout=SPAWN_TIMEOUT)
 
     for name in CONFIGS:
         single, ddp = tmp_path / f"single-{name}", tmp_path / f"ddp-{name}"
@@ -146,9 +148,9 @@ def test_cli_nproc_relaunches_through_torchrun(tmp_path):
     done = run(
         [sys.executable, "-m", "seqrec", "train", "--config", str(config_file), "--set", "train.epochs=1",
          "--out", str(tmp_path / "run"), "--quiet", "--nproc", str(WORLD)],
-        cwd=REPO, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        cwd=REPO, timeout=300, env=child_env(),
     )
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 0, failure(done)
     assert done.stdout.count("run directory:") == 1  # every rank has the result; rank 0 prints it
     record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text())
     assert record["world_size"] == WORLD and (tmp_path / "run" / "results.json").is_file()

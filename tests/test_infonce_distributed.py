@@ -11,10 +11,11 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from seqrec.losses.distributed import gather_with_grad
 from seqrec.losses.infonce import infonce_loss
+from tests.processes import spawn
+from tests.test_ddp import SPAWN_TIMEOUT
 
 WORLD = 2
 B, L, D, K, ITEMS = 4, 6, 5, 2, 9
@@ -80,7 +81,7 @@ def _worker(rank, out_dir):
 
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo")
 def test_two_ranks_match_single_process(tmp_path):
-    mp.spawn(_worker, args=(str(tmp_path),), nprocs=WORLD, join=True)
+    spawn(_worker, (str(tmp_path),), WORLD, timeout=SPAWN_TIMEOUT)
     res = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
 
     def close(a, b):

@@ -12,7 +12,6 @@ writes, in validation and at epoch ends, on slow and fast machines alike. Tiny d
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import sys
@@ -25,7 +24,7 @@ import torch
 from seqrec.config import load_config
 from seqrec.train.checkpoint import load_checkpoint
 from seqrec.train.loop import train
-from tests.processes import process_group
+from tests.processes import child_env, failure, process_group
 from tests.processes import run as run_command
 
 EPOCHS = 6
@@ -53,12 +52,6 @@ def _command(run: Path, resume: bool) -> list[str]:
     return [sys.executable, "-m", "seqrec", "train", "--quiet", "--out", str(run), *sets, *(["--resume"] if resume else [])]
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    return env
-
-
 def _kill_after_saves(run: Path, resume: bool, saves: int, fraction: float, log: Path) -> tuple[int, int]:
     """Starts a training process, waits for ``saves`` new last.pt versions, then ``fraction`` of the
     interval between the last two, and SIGKILLs it.
@@ -69,7 +62,7 @@ def _kill_after_saves(run: Path, resume: bool, saves: int, fraction: float, log:
     last = run / "checkpoints" / "last.pt"
     seen, version = 0, _file_version(last)
     changed_at, interval = time.monotonic(), 0.01
-    with open(log, "ab") as out, process_group(_command(run, resume), stdout=out, stderr=out, env=_env(),
+    with open(log, "ab") as out, process_group(_command(run, resume), stdout=out, stderr=out, env=child_env(),
                                                cwd=run.parent) as proc:
         deadline = time.monotonic() + 300
         while seen < saves and proc.poll() is None and time.monotonic() < deadline:
@@ -93,7 +86,7 @@ def test_sigkill_at_random_moments_then_resume_equals_uninterrupted_run(tmp_path
     for i in range(KILLS):
         saves, fraction = rng.randint(1, 6), rng.random()
         code, seen = _kill_after_saves(run, resume=i > 0, saves=saves, fraction=fraction, log=log)
-        assert code == -signal.SIGKILL, f"kill {i + 1}: the process ended by itself ({code}); see {log}:\n{log.read_text()[-3000:]}"
+        assert code == -signal.SIGKILL, f"kill {i + 1}: the process ended by itself ({code}); {log}:\n{log.read_text()[-12000:]}"
         assert seen == saves, f"kill {i + 1}: saw {seen} of {saves} checkpoint saves before the deadline"
         # a kill at any moment leaves loadable checkpoints (the atomic rename is all or nothing)
         state = load_checkpoint(run / "checkpoints" / "last.pt")
@@ -104,8 +97,8 @@ def test_sigkill_at_random_moments_then_resume_equals_uninterrupted_run(tmp_path
     steps = [step for _, _, step in kills]
     assert steps == sorted(steps), f"each resumed segment makes progress: {kills}"
 
-    done = run_command(_command(run, resume=True), env=_env(), cwd=tmp_path, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = run_command(_command(run, resume=True), env=child_env(), cwd=tmp_path, timeout=600)
+    assert done.returncode == 0, failure(done)
 
     # the uninterrupted reference, same seed and settings, trained in this process
     threads = torch.get_num_threads()

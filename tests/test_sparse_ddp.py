@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from seqrec.train.loop import train
 from seqrec.train.sparse_ddp import all_reduce_sparse_grads
 from tests.conftest import tiny_config
-from tests.test_ddp import WORLD, _assert_same_parameters, _losses, _set_master_port
+from tests.processes import spawn
+from tests.test_ddp import SPAWN_TIMEOUT, WORLD, _assert_same_parameters, _losses, _set_master_port
 
 # 300 users in batches of 128: the last batch has 44 rows (22 per rank); rows overlap between ranks
 CONFIG = tiny_config(model={"dropout": 0.0}, loss={"name": "bce"},
@@ -45,7 +45,7 @@ def _worker(rank: int, root: str) -> None:
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo")
 def test_two_processes_with_sparse_tables_train_the_single_process_model(tmp_path):
     train(CONFIG, tmp_path / "single", progress=False, command=["test"])
-    mp.spawn(_worker, args=(str(tmp_path),), nprocs=WORLD)
+    spawn(_worker, (str(tmp_path),), WORLD, timeout=SPAWN_TIMEOUT)
     _assert_same_parameters(tmp_path / "ddp", tmp_path / "single")
     assert _losses(tmp_path / "ddp") == pytest.approx(_losses(tmp_path / "single"), rel=1e-5)
     want = torch.zeros(5, 3)
