@@ -114,7 +114,11 @@ _METRIC = re.compile(r"(\w+@\d+|mrr@\d+) : ([\d.]+)")
 
 
 def convert(log: Path, out: Path) -> None:
-    """One metrics.jsonl record per validated epoch: epoch (1-based), train_loss, valid, wall_seconds."""
+    """One metrics.jsonl record per validated epoch: epoch (1-based), valid, wall_seconds.
+
+    RecBole logs the sum of its batch losses, not a mean: kept as recbole_train_loss_sum, out of the
+    report's loss panel.
+    """
     start, records, current, pending = None, [], {}, False
     for raw in log.read_text(errors="replace").splitlines():
         line = _ANSI.sub("", raw)
@@ -123,7 +127,7 @@ def convert(log: Path, out: Path) -> None:
             start = float(stamp)
             continue
         if (m := _TRAIN.search(text)) is not None:
-            current = {"epoch": int(m.group(1)) + 1, "train_loss": float(m.group(3)),
+            current = {"epoch": int(m.group(1)) + 1, "recbole_train_loss_sum": float(m.group(3)),
                        "train_seconds": float(m.group(2))}
         elif _EVAL.search(text) is not None:
             current["eval_seconds"] = float(_EVAL.search(text).group(2))

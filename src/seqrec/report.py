@@ -191,13 +191,15 @@ def plot_runs(logs: Sequence[RunLog]) -> bytes:
 
 def _spread(logs: Sequence[RunLog]) -> float:
     """Ratio of the largest to the smallest positive training loss over all runs (0 if any is <= 0: no log scale)."""
-    losses = [r["train_loss"] for log in logs for r in log.records]
-    return max(losses) / min(losses) if min(losses) > 0 else 0.0
+    losses = [r["train_loss"] for log in logs for r in log.records if "train_loss" in r]
+    return max(losses) / min(losses) if losses and min(losses) > 0 else 0.0
 
 
 def _plot_curve(ax: Any, log: RunLog, key: str, xs_all: list[float], color: str) -> None:
     if key == "train_loss":
-        points = [(x, r["train_loss"], r["epoch"]) for x, r in zip(xs_all, log.records, strict=True)]
+        # a record without a loss (another toolkit's log converted to a run directory) has no point here
+        points = [(x, r["train_loss"], r["epoch"]) for x, r in zip(xs_all, log.records, strict=True)
+                  if "train_loss" in r]
     else:
         points = [(x, r["valid"][key], r["epoch"]) for x, r in zip(xs_all, log.records, strict=True)
                   if key in r.get("valid", {})]
@@ -337,7 +339,7 @@ def _config_text(ax: Any, blocks: list[tuple[str, str, list[str]]]) -> None:
     ax.set_title("configuration (values that differ from the defaults; the full config is in the HTML page)",
                  fontsize=11, loc="left")
     n = len(blocks)
-    width = max(30, 160 // n)  # characters of 9-point monospace per column of the 15-inch figure
+    width = 140 // n  # characters of 9-point monospace that fit a column of the 15-inch figure (~150 in all)
     below_label = offset_copy(ax.transAxes, fig=ax.figure, y=-15, units="points")
     for i, (title, color, lines) in enumerate(blocks):
         ax.text(i / n, 1.0, title, color=color, fontsize=10, fontweight="bold", va="top", ha="left",
