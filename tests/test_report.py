@@ -128,3 +128,13 @@ def test_tensorboard_log_without_the_package_is_a_clear_error(tmp_path, monkeypa
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails as if not installed
     with pytest.raises(RuntimeError, match=r"pip install 'seqrec\[tensorboard\]'"):
         TensorboardLog(tmp_path)
+
+
+def test_a_run_without_training_loss_overlays(runs, tmp_path):
+    # another toolkit's log converted to a run directory (benchmarks/recbole_peer.py): validation only
+    peer = tmp_path / "peer"
+    peer.mkdir()
+    (peer / "metrics.jsonl").write_text(json.dumps(
+        {"epoch": 1, "valid": {"ndcg@10": 0.06, "hr@10": 0.13}, "wall_seconds": 3240.0}) + "\n")
+    png, page = write_report([runs[0], peer], tmp_path / "with-peer")
+    assert _png_size(png.read_bytes()) and "peer" in page.read_text()
