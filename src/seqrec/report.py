@@ -342,10 +342,17 @@ def _config_text(ax: Any, blocks: list[tuple[str, str, list[str]]]) -> None:
     width = 140 // n  # characters of 9-point monospace that fit a column of the 15-inch figure (~150 in all)
     below_label = offset_copy(ax.transAxes, fig=ax.figure, y=-15, units="points")
     for i, (title, color, lines) in enumerate(blocks):
-        ax.text(i / n, 1.0, title, color=color, fontsize=10, fontweight="bold", va="top", ha="left",
-                transform=ax.transAxes)
-        ax.text(i / n, 1.0, "\n".join(_shorten(line, width) for line in lines), family="monospace", fontsize=9,
+        ax.text(i / n, 1.0, _shorten(title, width - 2), color=color, fontsize=10, fontweight="bold", va="top",
+                ha="left", transform=ax.transAxes)
+        ax.text(i / n, 1.0, "\n".join(_fit_line(line, width) for line in lines), family="monospace", fontsize=9,
                 va="top", ha="left", transform=below_label)
+
+
+def _fit_line(line: str, width: int) -> str:
+    """A ``section.key = value`` line in ``width`` characters: the section goes first, then the middle."""
+    if len(line) > width and "." in line.split(" = ", 1)[0]:
+        line = line.split(".", 1)[1]
+    return _shorten(line, width)
 
 
 # ---- the page
