@@ -129,8 +129,8 @@ def convert(log: Path, out: Path) -> None:
         if (m := _TRAIN.search(text)) is not None:
             current = {"epoch": int(m.group(1)) + 1, "recbole_train_loss_sum": float(m.group(3)),
                        "train_seconds": float(m.group(2))}
-        elif _EVAL.search(text) is not None:
-            current["eval_seconds"] = float(_EVAL.search(text).group(2))
+        elif (m := _EVAL.search(text)) is not None:
+            current["eval_seconds"] = float(m.group(2))
         elif "valid result" in text:
             pending = True
         elif pending and (metrics := _METRIC.findall(text)):

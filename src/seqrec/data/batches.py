@@ -259,7 +259,7 @@ class BatchBuilder:
             # events, so every window still holds maxlen + 1 events. Drawn before the negatives, from the
             # batch's own generator, so a batch stays a function of (seed, epoch, step).
             spare = np.maximum(lengths - self.maxlen - 1, 0)
-            lengths = lengths - np.floor(rng.random(len(users)) * (spare + 1)).astype(np.int64)
+            lengths = lengths - rng.integers(0, spare + 1)
         # The encoder is padding-invariant, so columns that are padding in every row can be dropped:
         # short sequences then cost O(longest in batch), not O(maxlen).
         width = max(int((lengths - 1).max(initial=1)), 1) if self.trim else self.maxlen
