@@ -130,7 +130,7 @@ def test_one_tower_for_inputs_positives_negatives_and_candidates(tmp_path):
 
     encoded = []
     original = model.item_tower.encode_rows
-    model.item_tower.encode_rows = lambda rows: encoded.append(rows.clone()) or original(rows)
+    model.item_tower.encode_rows = lambda rows, *side: encoded.append(rows.clone()) or original(rows, *side)
     pos, neg = _candidate_vectors(model, _Batch)
     del model.item_tower.encode_rows
     torch.testing.assert_close(pos, table[_Batch.pos_ids])
@@ -141,6 +141,30 @@ def test_one_tower_for_inputs_positives_negatives_and_candidates(tmp_path):
     # the checkpoint rebuilds the same tower: retrieval candidates get the same vectors
     restored = model_from_state(NUM_ITEMS, cfg, model.state_dict()).eval()
     torch.testing.assert_close(restored.item_embeddings(), table)
+
+
+def test_untied_tower_adds_output_ids_to_candidates_only():
+    torch.manual_seed(0)
+    cfg = ModelConfig(maxlen=8, hidden_dim=D, num_blocks=1, dropout=0.0, tied_embeddings=False)
+    model = build_model(NUM_ITEMS, cfg, _features()).eval()
+    tower = model.item_tower
+    assert tower.out_id_emb is not None and model.out_emb is None
+    ids = torch.arange(1, NUM_ITEMS + 1)
+    inputs, candidates = model._item_inputs(ids), model.item_embeddings(ids)
+    torch.testing.assert_close(candidates, inputs + tower.out_id_emb(ids))  # the input side has no output ids
+    torch.testing.assert_close(model.item_embeddings()[1:], candidates)  # the whole table: the candidate side
+    # a gradient of the loss reaches the output ids only through candidates
+    model.item_embeddings(torch.tensor([3])).sum().backward()
+    assert tower.out_id_emb.weight.grad[3].abs().sum() > 0 and tower.out_id_emb.weight.grad[4].abs().sum() == 0
+    # an item without a trained id (unseen in training) scores by its features alone, as when tied
+    tower.id_rows = torch.zeros_like(tower.id_rows)
+    torch.testing.assert_close(model.item_embeddings(ids), model._item_inputs(ids))
+    tower.id_rows = torch.arange(NUM_ITEMS + 1)
+    # the checkpoint rebuilds the output ids
+    restored = model_from_state(NUM_ITEMS, cfg, model.state_dict()).eval()
+    torch.testing.assert_close(restored.item_embeddings(), model.item_embeddings())
+    with pytest.raises(ValueError, match="use_item_id"):
+        build_model(NUM_ITEMS, ModelConfig(maxlen=8, hidden_dim=D, tied_embeddings=False, use_item_id=False, dropout=0.0), _features())
 
 
 @pytest.mark.parametrize("mode", ["token", "add"])

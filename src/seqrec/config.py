@@ -96,7 +96,7 @@ class ModelConfig:
     # size, so a table 10x smaller turns 10x faster (BENCHMARKS.md, "the plateau").
     init_std: float | None = 0.01
     norm_first: bool = True  # pre-LN (True) or the original post-LN (False)
-    tied_embeddings: bool = True  # score candidates with the input item table (False: a separate output table)
+    tied_embeddings: bool = True  # score candidates with the input item table (False: a separate output table; with an item tower, an output id table added to the candidates' feature vectors)
     # Side features (model/features.py); they need data.features. The item tower embeds every item, on the
     # input side and as a candidate, from its features (and its id unless use_item_id is false).
     item_features: bool = True  # embed items with their side features when the data has any (False: ids only)

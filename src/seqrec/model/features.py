@@ -157,6 +157,12 @@ class ItemTower(_Fused):
         d = hidden_dim
         self.id_dropout = id_dropout
         self.id_emb = nn.Embedding(schema["num_ids"] + 1, d, padding_idx=PAD_ID) if schema["use_item_id"] else None
+        # Untied (model.tied_embeddings=false): candidates also get an id vector of their own, added to the
+        # shared features' vector, so an item can score high after another without
+        # looking like it (a successor relation, which one shared table can only learn through the encoder's
+        # weights). Items without a trained id (row 0: unseen in training) still score by their features.
+        self.out_id_emb = (nn.Embedding(schema["num_ids"] + 1, d, padding_idx=PAD_ID)
+                           if schema.get("output_ids", False) else None)
         self.vec_proj = nn.ModuleDict({name: nn.Linear(dim, d) for name, dim, _ in schema["vectors"]})
         self.vec_absent = nn.ParameterDict({name: nn.Parameter(torch.randn(d) * d**-0.5) for name, _, _ in schema["vectors"]})
         rows = schema["rows"]
@@ -281,8 +287,9 @@ class ItemTower(_Fused):
                 setattr(self, name, value)
             self.schema, self.unloaded_vectors = schema, unloaded
 
-    def encode_rows(self, rows: torch.Tensor) -> torch.Tensor:
-        """(N,) catalogue rows -> (N, D); row 0 (padding) gives zeros."""
+    def encode_rows(self, rows: torch.Tensor, output: bool = False) -> torch.Tensor:
+        """(N,) catalogue rows -> (N, D); row 0 (padding) gives zeros. ``output``: the candidate side
+        (differs from the input side only with an untied output id table)."""
         if self.unloaded_vectors:
             raise RuntimeError(f"vector features {sorted(self.unloaded_vectors)} are not loaded; call reload_vectors")
         parts = []
@@ -302,19 +309,23 @@ class ItemTower(_Fused):
             present = getattr(self, f"present_{name}")[rows].unsqueeze(-1)
             parts.append(torch.where(present, projected, self.vec_absent[name].expand_as(projected)))
         out = self.act(self.fuse(torch.cat(parts, dim=-1)))
+        if output and self.out_id_emb is not None:
+            out = out + self.out_id_emb(self.id_rows[rows])
         return out * (rows != PAD_ID).unsqueeze(-1).to(out.dtype)
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        """(...) catalogue rows -> (..., D); each distinct id is embedded once. Empty ``ids`` give (..., D)."""
+    def forward(self, ids: torch.Tensor, output: bool = False) -> torch.Tensor:
+        """(...) catalogue rows -> (..., D); each distinct id is embedded once. Empty ``ids`` give (..., D).
+        ``output``: candidate vectors (see ``encode_rows``)."""
         uniq, inverse = torch.unique(ids.reshape(-1), return_inverse=True)
-        vectors = self.encode_rows(uniq)[inverse]  # (N, D)
+        vectors = self.encode_rows(uniq, output)[inverse]  # (N, D)
         return vectors.view(*ids.shape, vectors.shape[-1])  # -1 would be ambiguous for N = 0
 
-    def table(self) -> torch.Tensor:
-        """(R, D) vectors of the whole catalogue, computed in chunks of TABLE_CHUNK rows."""
+    def table(self, output: bool = True) -> torch.Tensor:
+        """(R, D) candidate vectors (``output=False``: input vectors) of the whole catalogue, computed in
+        chunks of TABLE_CHUNK rows."""
         device = self.cat_values.device
         chunks = [
-            self.encode_rows(torch.arange(start, min(start + TABLE_CHUNK, self.num_rows), device=device))
+            self.encode_rows(torch.arange(start, min(start + TABLE_CHUNK, self.num_rows), device=device), output)
             for start in range(0, self.num_rows, TABLE_CHUNK)
         ]
         return torch.cat(chunks)
@@ -348,6 +359,7 @@ def item_schema(features: FeatureSet, num_ids: int, config: ModelConfig) -> dict
         "rows": features.num_items + 1,
         "num_ids": num_ids,
         "use_item_id": config.use_item_id,
+        "output_ids": not config.tied_embeddings,
         "categorical": [[name, features.cardinality[name]] for name in features.item_categorical],
         "multi": [[name, features.cardinality[name], _bag_width(offsets)] for name, (offsets, _) in features.item_multi.items()],
         "continuous": list(features.continuous_names),
@@ -376,15 +388,15 @@ def build_model(num_items: int, config: ModelConfig, features: FeatureSet | None
 
     Raises:
         ValueError: ``use_item_id=false`` or ``user_features`` without the features they need, or an
-            untied output table with an item tower (the tower is the one table).
+            untied output table with an item tower and no item ids (``use_item_id=false``: nothing to untie).
     """
     from seqrec.model.sasrec import SASRec
 
     item_tower = user_tower = None
     if features is not None and features.has_item_features and config.item_features:
-        if not config.tied_embeddings:
-            raise ValueError("model.tied_embeddings=false cannot be used with item features: the item tower "
-                             "embeds inputs and candidates alike")
+        if not config.tied_embeddings and not config.use_item_id:
+            raise ValueError("model.tied_embeddings=false needs model.use_item_id: with features alone the item "
+                             "tower embeds inputs and candidates alike")
         item_tower = ItemTower.from_features(features, num_items, config)
     elif not config.use_item_id:
         raise ValueError("model.use_item_id=false needs item side features (data.features) and model.item_features")

@@ -11,7 +11,8 @@ Deliberate deviations from the paper:
   window, so the output at a position depends neither on later items nor on the amount of padding;
 - queries at padding positions attend to themselves only (no NaN) and their outputs are zeroed;
 - a final LayerNorm on the output (also in the pre-LN variant, as in most pre-LN transformers);
-- optional untied output item table (``tied_embeddings=False``);
+- optional untied output item table (``tied_embeddings=False``; with an item tower, an output id
+  table added to the candidates' feature vectors);
 - optional side features (``model/features.py``): an item tower replaces the id table on both sides
   (inputs and candidates), and a user vector is placed before the first item (``user_features=token``,
   the TAAC baseline's way) or added at every position (``add``).
@@ -100,8 +101,9 @@ class SASRec(nn.Module):
         d = config.hidden_dim
         if config.maxlen is None or config.dropout is None:
             raise ValueError("model.maxlen and model.dropout must be set (train/auto.py fills them from the data)")
-        if item_tower is not None and not config.tied_embeddings:
-            raise ValueError("an item tower embeds inputs and candidates alike; it needs model.tied_embeddings")
+        if item_tower is not None and (item_tower.out_id_emb is None) != config.tied_embeddings:
+            raise ValueError("model.tied_embeddings=false with an item tower needs the tower's output id table "
+                             "(build the model with seqrec.model.features.build_model)")
         if (user_tower is None) != (config.user_features == "none"):
             raise ValueError(f"model.user_features={config.user_features} needs a user tower exactly when not 'none'")
         self.item_tower = item_tower
@@ -114,7 +116,9 @@ class SASRec(nn.Module):
             Block(d, config.num_heads, config.dropout, config.norm_first) for _ in range(config.num_blocks)
         )
         self.final_ln = nn.LayerNorm(d)
-        self.out_emb = None if config.tied_embeddings else nn.Embedding(num_items + 1, d, padding_idx=PAD_ID)
+        # Untied: a separate output id table (with an item tower, the tower's own ``out_id_emb``).
+        untied = not config.tied_embeddings and item_tower is None
+        self.out_emb = nn.Embedding(num_items + 1, d, padding_idx=PAD_ID) if untied else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -181,7 +185,7 @@ class SASRec(nn.Module):
         With an item tower the table is the tower over its whole catalogue, computed in chunks.
         """
         if self.item_tower is not None:
-            return self.item_tower.table() if ids is None else self.item_tower(ids)
+            return self.item_tower.table() if ids is None else self.item_tower(ids, output=True)
         table = self.item_emb if self.out_emb is None else self.out_emb
         return table.weight if ids is None else table(ids)
 
