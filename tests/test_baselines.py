@@ -51,3 +51,17 @@ def test_rankings_follow_transitions_then_popularity():
 
 def test_top_k_breaks_ties_by_index():
     assert list(top_k(np.array([1.0, 3.0, 3.0, 0.0]), 3)) == [1, 2, 0]
+
+
+def test_transition_baseline_starts_from_the_last_item_known_in_training():
+    from seqrec.serving.taac import last_known_items
+
+    # 5 training items; rows past 5 are creatives unseen in training (kept by item-tower models), 0 padding.
+    rows = np.array([3, 9, 0, 2, 8, 1, 5, 7])
+    offsets = np.array([0, 2, 2, 4, 7, 8])
+    np.testing.assert_array_equal(last_known_items(rows, offsets, 5), [3, 0, 2, 5, 0])
+    # Dropping the unseen rows (what an id-only model does) gives the same starting items.
+    keep = rows <= 5
+    owner = np.repeat(np.arange(5), np.diff(offsets))
+    kept_offsets = np.r_[0, np.cumsum(np.bincount(owner[keep], minlength=5))]
+    np.testing.assert_array_equal(last_known_items(rows[keep], kept_offsets, 5), [3, 0, 2, 5, 0])

@@ -298,6 +298,39 @@ def test_predict_candidates_hold_every_target(synthetic):
     assert hit_ndcg_at_10([[t] for t in targets], targets) == (1.0, 1.0)
 
 
+def test_new_items_are_drawn_from_the_given_cluster():
+    from seqrec.data.taac.simulate import synth_world
+    from seqrec.data.taac.synthetic import _new_item_in
+
+    rng = np.random.default_rng(0)
+    world = synth_world(rng, 400, 60)
+    clusters = rng.integers(world.num_clusters, size=2000)
+    drawn = _new_item_in(rng, world, 400, clusters)
+    has_new = np.isin(clusters, world.cluster[401:])
+    assert has_new.any() and (drawn[~has_new] == 0).all()  # a cluster without unseen items: nothing drawn
+    assert (drawn[has_new] > 400).all() and (world.cluster[drawn[has_new]] == clusters[has_new]).all()
+    for c in np.unique(clusters[has_new])[:5].tolist():  # every unseen item of the cluster can come up
+        assert set(drawn[clusters == c].tolist()) == set((np.flatnonzero(world.cluster[401:] == c) + 401).tolist())
+
+
+def test_unseen_targets_follow_the_user_and_can_be_asked_for(tmp_path):
+    # Every target that can be replaced is: an unseen creative of the user's current cluster, whose
+    # cluster-following feature 101 mostly matches the user's last item (uniform draws would rarely).
+    dirs = write_taac_synthetic(tmp_path, num_users=300, num_items=400, seed=5, num_eval_users=200, num_new_items=100,
+                                new_target_fraction=1.0)
+    data = read_taac(dirs.train, progress=False)
+    pred = read_taac_predict(dirs.eval, data, progress=False)
+    _, targets = read_taac_targets(dirs.eval)
+    features = {r["creative_id"]: r["features"] for r in map(json.loads, (dirs.eval / "predict_set.jsonl").read_text().splitlines())}
+    unseen = [q for q, t in enumerate(targets.tolist()) if t not in data.item_index]
+    assert len(unseen) > 0.8 * pred.num_users
+    lines = _lines(dirs.eval / "predict_seq.jsonl")
+    same = [features[targets[q]].get("101") == _item_records(lines[q])[-1][3].get("101") for q in unseen]
+    assert np.mean(same) > 0.6
+    with pytest.raises(ValueError, match="new_target_fraction"):
+        write_taac_synthetic(tmp_path, num_users=5, num_items=10, new_target_fraction=1.5)
+
+
 def test_hit_and_ndcg_hand_computed():
     top = [[5, 6, 7, 8], ["1", 2, 3], list(range(100, 120)), []]
     targets = [7, 1, 110, 3]

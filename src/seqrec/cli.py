@@ -250,7 +250,8 @@ def cmd_taac_generate(args: argparse.Namespace) -> int:
     from seqrec.data.taac.synthetic import write_taac_synthetic
 
     dirs = write_taac_synthetic(args.out, num_users=args.users, num_items=args.items, seed=args.seed,
-                                mean_length=args.mean_length, progress=not args.quiet)
+                                mean_length=args.mean_length, num_eval_users=args.eval_users,
+                                new_target_fraction=args.new_targets, progress=not args.quiet)
     print(f"wrote synthetic TAAC data: training {dirs.train}, evaluation {dirs.eval}\n"
           f"next: seqrec train --data {dirs.train} --out RUN; seqrec taac-infer RUN --eval-dir {dirs.eval} --out result.jsonl")
     return 0
@@ -372,6 +373,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--users", type=int, default=2000, help="training users (default 2000)")
     p.add_argument("--items", type=int, default=1000, help="training items (default 1000)")
     p.add_argument("--mean-length", type=int, default=20, help="mean item records per user (default 20)")
+    p.add_argument("--eval-users", type=int, help="test users, 20%% of them unseen in training (default users / 10)")
+    p.add_argument("--new-targets", type=float, default=0.05,
+                   help="share of targets that are a creative unseen in training, of the user's current cluster "
+                        "(default 0.05)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_taac_generate)

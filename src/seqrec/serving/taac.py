@@ -301,14 +301,29 @@ def taac_infer(
     return result
 
 
+def last_known_items(rows: np.ndarray, offsets: np.ndarray, num_items: int) -> np.ndarray:
+    """(U,) each user's most recent history row known in training (1..num_items), 0 if none.
+
+    The transition baseline counts successors of training items only; creatives unseen in training (rows
+    past ``num_items``, kept in the histories of item-tower models, dropped for id-only ones) are skipped,
+    so the baseline ranks the same lists whichever model it stands next to.
+    """
+    known = (rows > 0) & (rows <= num_items)
+    owner = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
+    at = np.flatnonzero(known)  # events in user order, oldest first within a user
+    users = owner[at]
+    final = np.r_[users[1:] != users[:-1], True] if len(at) else np.zeros(0, dtype=bool)  # a user's last one
+    last = np.zeros(len(offsets) - 1, dtype=np.int64)
+    last[users[final]] = rows[at[final]]
+    return last
+
+
 def _score_baselines(result: TaacInference, train: TaacData, targets: list, top: list[list[int | str]],
                      cand_keys: list, cand_rows: np.ndarray, rows: np.ndarray, offsets: np.ndarray, k: int,
                      excludes: list[np.ndarray] | None) -> None:
     """Fills ``result.baselines`` and the unseen-target HR@10 of the model and of each baseline."""
     inter = train.interactions
-    has_history = offsets[1:] > offsets[:-1]
-    last = np.zeros(len(has_history), dtype=np.int64)
-    last[has_history] = rows[offsets[1:][has_history] - 1]
+    last = last_known_items(rows, offsets, train.num_items)
     ranked = baseline_rankings(cand_rows, last, item_counts(inter.items, train.num_items),
                                TransitionCounts(inter.offsets, inter.items), k, exclude=excludes)
     lists = {"model": top} | {name: [[cand_keys[j] for j in r] for r in found] for name, found in ranked.items()}

@@ -37,8 +37,7 @@ from seqrec.data.taac.simulate import (
 
 logger = logging.getLogger(__name__)
 
-_SYNTH_NEW_IN_HISTORY = 0.03  # evaluation events replaced by an item unseen in training
-_SYNTH_NEW_TARGET = 0.05
+_SYNTH_NEW_IN_HISTORY = 0.03  # evaluation events replaced by an item unseen in training (of the same cluster)
 
 
 @dataclass(frozen=True)
@@ -65,6 +64,7 @@ def write_taac_synthetic(
     num_eval_users: int | None = None,
     unseen_user_fraction: float = 0.2,
     num_new_items: int | None = None,
+    new_target_fraction: float = 0.05,
     candidate_fraction: float = 0.5,
     click_rate: float = 0.1,
     vector_coverage: float = 0.9,
@@ -86,6 +86,12 @@ def write_taac_synthetic(
     training items and every unseen item), ``predict_targets.jsonl`` (see the package docstring),
     ``indexer.pkl`` and ``creative_emb/``. Each target is the next step of the user's process, a click.
 
+    Items unseen in training belong to clusters too (their features and vectors follow the cluster, as
+    every item's do). Where an evaluation event or a target is replaced by one (about 3% of the events,
+    ``new_target_fraction`` of the targets), it is an unseen item of the cluster the user is in at that
+    step, drawn uniformly among that cluster's unseen items (left as it was when the cluster has none), so
+    a ranking can find it from the history and the features; it is never a uniform draw over the catalogue.
+
     Args:
         directory: created if needed; output goes to ``directory/train`` and ``directory/eval``.
         num_users: training users (>= 1).
@@ -96,6 +102,9 @@ def write_taac_synthetic(
         num_eval_users: test users; default ``max(2, num_users // 10)``.
         unseen_user_fraction: share of test users unseen in training.
         num_new_items: items unseen in training; default ``max(1, num_items // 20)``.
+        new_target_fraction: share of targets replaced by an unseen item of the user's current cluster
+            (fewer where a cluster has no unseen item). Measuring the unseen-creative case needs some
+            hundred such users: raise this or ``num_eval_users``.
         candidate_fraction: share of training items among the candidates (besides targets and new items).
         click_rate: share of events that are clicks (the rest are exposures).
         vector_coverage: share of items with a vector, per multimodal feature.
@@ -114,7 +123,7 @@ def write_taac_synthetic(
     num_new_items = max(1, num_items // 20) if num_new_items is None else num_new_items
     _check_synthetic_args(
         num_users, num_items, mean_length, max_length, num_eval_users, unseen_user_fraction, num_new_items,
-        candidate_fraction, click_rate, vector_coverage, dims,
+        candidate_fraction, click_rate, vector_coverage, dims, new_target_fraction,
     )  # fmt: skip
     rng = np.random.default_rng(seed)
     root = Path(directory)
@@ -182,6 +191,7 @@ def write_taac_synthetic(
         unseen,
         num_items,
         candidate_fraction,
+        new_target_fraction,
         progress,
     )
     logger.info("wrote synthetic TAAC data to %s (%d users, %d items)", root, num_users, num_items)
@@ -200,6 +210,7 @@ def _check_synthetic_args(
     click_rate: float,
     vector_coverage: float,
     dims: dict[str, int],
+    new_target_fraction: float,
 ) -> None:
     if num_users < 1:
         raise ValueError(f"num_users must be >= 1, got {num_users}")
@@ -216,6 +227,7 @@ def _check_synthetic_args(
         ("candidate_fraction", candidate_fraction),
         ("click_rate", click_rate),
         ("vector_coverage", vector_coverage),
+        ("new_target_fraction", new_target_fraction),
     ):
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"{name} must lie in [0, 1], got {value}")
@@ -269,6 +281,18 @@ def _write_lines(path: Path, offsets_path: Path, lines: Iterable[str]) -> None:
         pickle.dump(offsets, f, protocol=4)
 
 
+def _new_item_in(rng: np.random.Generator, world: SynthWorld, num_items: int, clusters: np.ndarray) -> np.ndarray:
+    """An item unseen in training (> num_items) of each of ``clusters``, uniform among that cluster's unseen
+    items; 0 where a cluster has none."""
+    new_clusters = world.cluster[num_items + 1 :]
+    order = np.argsort(new_clusters, kind="stable")
+    ordered = new_clusters[order]
+    low = np.searchsorted(ordered, clusters, side="left")
+    count = np.searchsorted(ordered, clusters, side="right") - low
+    at = np.minimum(low + (rng.random(len(clusters)) * count).astype(np.int64), max(len(order) - 1, 0))
+    return np.where(count > 0, num_items + 1 + order[at] if len(order) else 0, 0).astype(np.int64)
+
+
 def _write_synth_eval(
     rng: np.random.Generator,
     eval_dir: Path,
@@ -280,6 +304,7 @@ def _write_synth_eval(
     unseen: SynthUsers,
     num_items: int,
     candidate_fraction: float,
+    new_target_fraction: float,
     progress: bool,
 ) -> None:
     """Test users ``seen`` (training users, by index) then ``unseen``; their targets; the candidates."""
@@ -287,11 +312,14 @@ def _write_synth_eval(
     num_unseen = len(unseen.lengths)
     # Seen users keep their training history; the target is the next step of their process.
     last = train.lengths[seen] - 1
-    seen_targets, _ = world.step(rng, train.items[seen, last], train.states[seen, last])
+    seen_targets, seen_clusters = world.step(rng, train.items[seen, last], train.states[seen, last])
     # Unseen users: the step after the written history is the target.
-    targets = np.concatenate([seen_targets, unseen.items[np.arange(num_unseen), unseen.lengths]])
-    new_target = rng.random(len(targets)) < _SYNTH_NEW_TARGET
-    targets[new_target] = rng.integers(num_items + 1, total_items + 1, size=int(new_target.sum()))
+    rows = np.arange(num_unseen)
+    targets = np.concatenate([seen_targets, unseen.items[rows, unseen.lengths]])
+    target_clusters = np.concatenate([seen_clusters, unseen.states[rows, unseen.lengths]])
+    new_target = rng.random(len(targets)) < new_target_fraction
+    drawn = _new_item_in(rng, world, num_items, target_clusters[new_target])
+    targets[new_target] = np.where(drawn > 0, drawn, targets[new_target])
 
     # Items unseen in training keep their raw creative_id (> num_items) and may carry string values.
     tokens = [""] + [
@@ -311,7 +339,8 @@ def _write_synth_eval(
             n = int(users.lengths[u])
             history = users.items[u, :n].copy()
             replaced = rng.random(n) < _SYNTH_NEW_IN_HISTORY
-            history[replaced] = rng.integers(num_items + 1, total_items + 1, size=int(replaced.sum()))
+            drawn = _new_item_in(rng, world, num_items, users.states[u, :n][replaced])
+            history[replaced] = np.where(drawn > 0, drawn, history[replaced])
             user_tokens.append(user)
             yield _synth_line(
                 user,
