@@ -8,7 +8,7 @@ import logging
 import numpy as np
 import pytest
 
-from seqrec.config import RunConfig, replace
+from seqrec.config import ConfigError, RunConfig, replace
 from seqrec.data.batches import BatchBuilder
 from seqrec.data.split import leave_one_out
 from seqrec.data.synthetic import generate_synthetic
@@ -164,6 +164,21 @@ def test_plateau_decay_halves_the_lr_after_each_run_of_bad_validations(tmp_path,
     lrs = [json.loads(x)["lr"] for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     # lr of each epoch's last step: halved after epoch 4 (third bad), kept through the new best, halved after 8
     assert lrs == pytest.approx([0.004] * 4 + [0.002] * 4 + [0.001])
+
+
+def test_budget_decay_follows_the_share_of_the_time_budget_spent(tmp_path):
+    from seqrec.config import TrainConfig
+    from seqrec.train.schedule import learning_rate
+
+    tc = TrainConfig(lr=0.01, warmup_steps=0, lr_decay="budget", max_minutes=10)
+    assert [learning_rate(5, 100, tc, used) for used in (0.0, 0.5, 1.0, 2.0)] == pytest.approx([0.01, 0.0055, 0.001, 0.001])
+    with pytest.raises(ConfigError, match="max_minutes"):
+        TrainConfig(lr_decay="budget", max_minutes=None)
+    # wired to the wall clock: with a long budget the lr sinks a little, epoch after epoch
+    cfg = tiny_config(train={"epochs": 3, "lr_decay": "budget", "lr": 0.004, "max_minutes": 60})
+    train(cfg, tmp_path / "run", progress=False, command=["test"])
+    lrs = [json.loads(x)["lr"] for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert 0.004 > lrs[0] > lrs[1] > lrs[2] > 0.0039
 
 
 def test_output_to_a_file_has_no_progress_bar_redraws(tmp_path, capfd, caplog):

@@ -180,6 +180,8 @@ class TrainConfig:
     warmup_steps: int = 20  # linear warm-up steps
     # none | cosine (to 10% of lr at the last epoch) | plateau: halve the lr each time validation has not
     # improved for plateau_patience validations in a row (the fast start of a high lr, then the fine tuning)
+    # | budget: plateau's halving, and cosine over the wall-clock budget (train.max_minutes) to 10% of lr at
+    # its end, so a run that the budget ends still finishes at a low lr (the lr then depends on the clock)
     lr_decay: str = "plateau"
     plateau_patience: int = 3
     clip_grad_norm: float | None = 1.0  # gradient clipping (None = off)
@@ -220,7 +222,9 @@ class TrainConfig:
             raise ConfigError(f"train.lr must fit in float32 (<= 3.4e38), got {self.lr}")
         if self.weight_decay < 0 or self.warmup_steps < 0 or self.patience < 0 or self.checkpoint_every_steps < 0:
             raise ConfigError("train.weight_decay, warmup_steps, patience, checkpoint_every_steps must be >= 0")
-        _check_choice("train.lr_decay", self.lr_decay, ("none", "cosine", "plateau"))
+        _check_choice("train.lr_decay", self.lr_decay, ("none", "cosine", "plateau", "budget"))
+        if self.lr_decay == "budget" and self.max_minutes is None:
+            raise ConfigError("train.lr_decay=budget decays over train.max_minutes; set a time budget")
         _check_choice("train.window", self.window, ("last", "random"))
         if self.plateau_patience < 1:
             raise ConfigError(f"train.plateau_patience must be >= 1, got {self.plateau_patience}")

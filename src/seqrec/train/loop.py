@@ -233,7 +233,8 @@ def _train(
 
     epoch, epoch_step, step = 0, 0, 0
     best_metric, best_epoch, bad_evals, train_seconds = -math.inf, -1, 0, 0.0
-    lr_scale = 1.0  # train.lr_decay=plateau: halved after every plateau_patience validations without improvement
+    lr_scale = 1.0  # train.lr_decay=plateau|budget: halved after every plateau_patience validations without improvement
+    budget_used = 0.0  # share of the time budget spent, as of the last check (train.lr_decay=budget)
     best_valid: dict[str, float] | None = None
     wall_before = 0.0  # wall-clock seconds of earlier invocations (resume)
     eval_seconds = 0.0  # duration of the last validation: the test evaluation at the end costs about as much
@@ -316,6 +317,8 @@ def _train(
 
     # ---- epochs
     select = config.eval.select_metric
+    if budget is not None:
+        budget_used = wall_seconds() / budget  # a resumed run goes on where its lr schedule was
     stop = tc.patience > 0 and bad_evals >= tc.patience
     last_epoch_wall = 0.0  # training + validation of the last epoch
     while epoch < tc.epochs and not stop:
@@ -340,7 +343,7 @@ def _train(
         logged_at = started
         for batch in bar:
             batch = batch.to(device, non_blocking=pin)
-            lr = learning_rate(step, total_steps, tc) * lr_scale
+            lr = learning_rate(step, total_steps, tc, budget_used) * lr_scale
             for group in optimizer.param_groups:
                 group["lr"] = lr
             generator = torch.Generator(device=device).manual_seed(tc.seed * 1_000_003 + step)
@@ -378,7 +381,9 @@ def _train(
                          epoch_step, steps_per_epoch, loss_sum / loss_count, seq_s, _clock(eta))
             if budget is not None and (epoch_step % 16 == 0 or world == 1):
                 # A long epoch is cut short when validation and the test evaluation would no longer fit.
-                out_of_time = wall_seconds() + 2 * eval_seconds >= budget
+                now_wall = wall_seconds()
+                budget_used = now_wall / budget  # lr_decay=budget: the same on every rank (rank 0's clock)
+                out_of_time = now_wall + 2 * eval_seconds >= budget
                 if out_of_time:
                     break
             if (rank == 0 and tc.checkpoint_every_steps and step % tc.checkpoint_every_steps == 0
@@ -409,7 +414,7 @@ def _train(
                 best_valid = valid
             else:
                 bad_evals += 1
-                if tc.lr_decay == "plateau" and bad_evals % tc.plateau_patience == 0:
+                if tc.lr_decay in ("plateau", "budget") and bad_evals % tc.plateau_patience == 0:
                     lr_scale *= 0.5
             stop = tc.patience > 0 and bad_evals >= tc.patience
             if rank == 0:
