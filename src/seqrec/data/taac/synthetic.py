@@ -281,7 +281,9 @@ def _write_lines(path: Path, offsets_path: Path, lines: Iterable[str]) -> None:
         pickle.dump(offsets, f, protocol=4)
 
 
-def _new_item_in(rng: np.random.Generator, world: SynthWorld, num_items: int, clusters: np.ndarray) -> np.ndarray:
+def _new_item_in(
+    rng: np.random.Generator, world: SynthWorld, num_items: int, clusters: np.ndarray
+) -> np.ndarray:
     """An item unseen in training (> num_items) of each of ``clusters``, uniform among that cluster's unseen
     items; 0 where a cluster has none."""
     new_clusters = world.cluster[num_items + 1 :]
