@@ -148,21 +148,38 @@ def test_untied_tower_adds_output_ids_to_candidates_only():
     cfg = ModelConfig(maxlen=8, hidden_dim=D, num_blocks=1, dropout=0.0, tied_embeddings=False)
     model = build_model(NUM_ITEMS, cfg, _features()).eval()
     tower = model.item_tower
-    assert tower.out_id_emb is not None and model.out_emb is None
+    assert tower.out_id_emb is not None and tower.out_fuse is not None and model.out_emb is None
     ids = torch.arange(1, NUM_ITEMS + 1)
     inputs, candidates = model._item_inputs(ids), model.item_embeddings(ids)
-    torch.testing.assert_close(candidates, inputs + tower.out_id_emb(ids))  # the input side has no output ids
     torch.testing.assert_close(model.item_embeddings()[1:], candidates)  # the whole table: the candidate side
-    # a gradient of the loss reaches the output ids only through candidates
+    # a gradient of the loss reaches the output ids and the output fusing layer only through candidates
     model.item_embeddings(torch.tensor([3])).sum().backward()
     assert tower.out_id_emb.weight.grad[3].abs().sum() > 0 and tower.out_id_emb.weight.grad[4].abs().sum() == 0
-    # an item without a trained id (unseen in training) scores by its features alone, as when tied
-    tower.id_rows = torch.zeros_like(tower.id_rows)
-    torch.testing.assert_close(model.item_embeddings(ids), model._item_inputs(ids))
-    tower.id_rows = torch.arange(NUM_ITEMS + 1)
-    # the checkpoint rebuilds the output ids
+    assert tower.out_fuse.weight.grad.abs().sum() > 0 and tower.fuse.weight.grad is None
+    model.zero_grad(set_to_none=True)
+    model._item_inputs(torch.tensor([3])).sum().backward()
+    assert tower.out_fuse.weight.grad is None and tower.out_id_emb.weight.grad is None
+    # with the input side's fusing weights, candidates are the input vectors plus the output ids
+    with torch.no_grad():
+        saved = tower.out_fuse.weight.clone(), tower.out_fuse.bias.clone()
+        tower.out_fuse.weight.copy_(tower.fuse.weight)
+        tower.out_fuse.bias.copy_(tower.fuse.bias)
+        torch.testing.assert_close(model.item_embeddings(ids), inputs + tower.out_id_emb(ids))
+        # an item without a trained id (unseen in training) scores by its features alone
+        tower.id_rows = torch.zeros_like(tower.id_rows)
+        torch.testing.assert_close(model.item_embeddings(ids), model._item_inputs(ids))
+        tower.id_rows = torch.arange(NUM_ITEMS + 1)
+        tower.out_fuse.weight.copy_(saved[0])
+        tower.out_fuse.bias.copy_(saved[1])
+    # the checkpoint rebuilds the output ids and the output fusing layer
     restored = model_from_state(NUM_ITEMS, cfg, model.state_dict()).eval()
-    torch.testing.assert_close(restored.item_embeddings(), model.item_embeddings())
+    torch.testing.assert_close(restored.item_embeddings(ids), candidates)
+    # a checkpoint from before the output fusing layer (schema without it) loads with the shared layer
+    old = {k: v for k, v in model.state_dict().items() if not k.startswith("item_tower.out_fuse.")}
+    old["item_tower._extra_state"] = {k: v for k, v in old["item_tower._extra_state"].items() if k != "output_fuse"}
+    legacy = model_from_state(NUM_ITEMS, cfg, old).eval()
+    assert legacy.item_tower.out_fuse is None
+    torch.testing.assert_close(legacy.item_embeddings(ids), legacy._item_inputs(ids) + tower.out_id_emb(ids))
     with pytest.raises(ValueError, match="use_item_id"):
         build_model(NUM_ITEMS, ModelConfig(maxlen=8, hidden_dim=D, tied_embeddings=False, use_item_id=False, dropout=0.0), _features())
 
