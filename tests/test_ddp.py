@@ -140,6 +140,51 @@ def test_two_processes_train_the_single_process_model(tmp_path, monkeypatch):
     assert [(r["epoch"], r["world_size"]) for r in records] == [(1, 1), (2, WORLD)]
 
 
+def _threads() -> dict[int, str]:
+    """This process's threads (native ones too): thread id -> name."""
+    threads = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            threads[int(tid)] = Path(f"/proc/self/task/{tid}/comm").read_text().strip()
+        except OSError:  # ended meanwhile
+            pass
+    return threads
+
+
+def _teardown_worker(rank: int, root: str) -> None:
+    torch.set_num_threads(1)
+    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(WORLD),
+                       "MASTER_ADDR": "127.0.0.1"})
+    store = dist.FileStore(str(Path(root) / "ports.store"), WORLD)
+    _set_master_port(store, "teardown", rank)
+    started: dict[int, str] = {}
+    init = dist.init_process_group
+
+    def recording_init(*args, **kwargs):  # the threads the group starts: gloo's workers, its TCP loop, the store
+        before = _threads()
+        init(*args, **kwargs)
+        started.update({tid: name for tid, name in _threads().items() if tid not in before})
+
+    dist.init_process_group = recording_init
+    train(CONFIGS["bce"], Path(root) / "run", progress=False, command=["test"])
+    left = {tid: name for tid, name in _threads().items() if tid in started}
+    Path(root, f"threads{rank}.json").write_text(json.dumps({"started": started, "left": left}))
+
+
+@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo")
+def test_the_group_threads_end_when_train_returns(tmp_path):
+    """Issue 18: a rank whose gloo threads outlive the group exits with them running and may abort (SIGABRT).
+
+    DDP's constructor imports torch.distributed.nn.functional, whose defaults ``group=group.WORLD`` kept
+    the group alive after destroy_process_group() when that import came after the group was created.
+    """
+    spawn(_teardown_worker, (str(tmp_path),), WORLD, timeout=SPAWN_TIMEOUT)
+    for rank in range(WORLD):
+        threads = json.loads((tmp_path / f"threads{rank}.json").read_text())
+        assert threads["started"], f"rank {rank}: joining the group started no thread; the test sees nothing"
+        assert not threads["left"], f"rank {rank}: threads of the destroyed group still run: {threads}"
+
+
 @pytest.mark.slow
 def test_cli_nproc_relaunches_through_torchrun(tmp_path):
     config_file = tmp_path / "bce.yaml"

@@ -6,6 +6,7 @@ data and negatives never depend on the number of processes.
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Callable
 from dataclasses import fields
@@ -50,6 +51,12 @@ def join_process_group(device_name: str) -> tuple[int, int, torch.device, bool]:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if not initialised:
+        # torch.distributed.nn.functional binds ``group=group.WORLD`` as a default argument of ten functions
+        # when it is first imported, and DDP's constructor imports it (via torch._dynamo -> fsdp -> _shard).
+        # Imported inside a group, those defaults hold that ProcessGroup for the rest of the process:
+        # destroy_process_group() cannot free it, so gloo's worker threads (and the store's) still run when
+        # the rank exits, where their teardown can abort it (SIGABRT, issue 18). Imported here, they bind None.
+        importlib.import_module("torch.distributed.nn")
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return dist.get_rank(), world, device, not initialised
 
