@@ -44,7 +44,7 @@ def _features(seed: int = 0) -> FeatureSet:
 
 def _model(user_features: str = "none", use_item_id: bool = True, seed: int = 0):
     torch.manual_seed(seed)
-    cfg = ModelConfig(maxlen=8, hidden_dim=D, num_blocks=1, num_heads=2, dropout=0.0,
+    cfg = ModelConfig(maxlen=8, hidden_dim=D, num_blocks=1, num_heads=2, dropout=0.0, tied_embeddings=True,
                       user_features=user_features, use_item_id=use_item_id)
     return build_model(NUM_ITEMS, cfg, _features()).eval(), cfg
 

@@ -15,7 +15,7 @@ from seqrec.data.synthetic import generate_synthetic
 from seqrec.evaluation.evaluate import model_ranks
 from seqrec.model.sasrec import SASRec
 from seqrec.train import auto, loop
-from seqrec.train.auto import auto_batch_size, auto_dropout, auto_maxlen, resolve_auto
+from seqrec.train.auto import auto_batch_size, auto_dropout, auto_maxlen, repeat_share, resolve_auto
 from seqrec.train.checkpoint import load_checkpoint
 from seqrec.train.loop import train
 from tests.conftest import tiny_config
@@ -87,9 +87,26 @@ def test_resolve_fills_only_unset_values():
     lengths = np.full(1000, 30)
     cfg, chosen = resolve_auto(RunConfig(), lengths)
     assert (cfg.model.maxlen, cfg.model.dropout, cfg.train.batch_size) == (50, 0.2, 32)
-    assert chosen == {"model.maxlen": 50, "model.dropout": 0.2, "train.batch_size": 32}
-    fixed = replace(RunConfig(), model={"maxlen": 7, "dropout": 0.0}, train={"batch_size": 3})
-    assert resolve_auto(fixed, lengths) == (fixed, {})
+    assert chosen == {"model.maxlen": 50, "model.dropout": 0.2, "train.batch_size": 32, "model.tied_embeddings": True,
+                      "loss.history_mask": True, "eval.filter_seen": True}
+    fixed = replace(RunConfig(), model={"maxlen": 7, "dropout": 0.0, "tied_embeddings": False},
+                    train={"batch_size": 3}, loss={"history_mask": True}, eval={"filter_seen": True})
+    assert resolve_auto(fixed, lengths, repeats=0.5, item_tower=True) == (fixed, {})
+
+
+def test_history_and_tied_rules_follow_repeats_and_the_item_tower():
+    # users 0 and 1: 4 training events each (the last two of 6 are held out); user 0 repeats item 3 once
+    offsets = np.array([0, 6, 12])
+    items = np.array([3, 5, 3, 7, 9, 9, 1, 2, 4, 6, 8, 8])
+    assert repeat_share(offsets, items, np.array([4, 4])) == pytest.approx(1 / 8)
+    assert repeat_share(offsets, items, np.array([2, 4])) == 0.0  # the repeats sit outside the training prefix
+    lengths = np.full(10, 30)
+    _, chosen = resolve_auto(RunConfig(), lengths, repeats=0.02, item_tower=True)
+    assert (chosen["loss.history_mask"], chosen["eval.filter_seen"], chosen["model.tied_embeddings"]) == (False, False, False)
+    _, chosen = resolve_auto(RunConfig(), lengths, repeats=0.005, item_tower=False)
+    assert (chosen["loss.history_mask"], chosen["eval.filter_seen"], chosen["model.tied_embeddings"]) == (True, True, True)
+    features_only = replace(RunConfig(), model={"use_item_id": False})
+    assert resolve_auto(features_only, lengths, item_tower=True)[1]["model.tied_embeddings"] is True  # nothing to untie
 
 
 def test_generic_default_run_records_resolved_values(tmp_path, caplog):

@@ -99,7 +99,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     loaded = load_model(args.run)
     stored = loaded.state["config"]
-    eval_config = config_from_dict({"eval": {**stored["eval"], "filter_seen": not args.no_filter_seen}}).eval
+    # The run's own choice (train/auto.py keeps the history where users repeat items), unless told to keep it.
+    filter_seen = stored["eval"].get("filter_seen") is not False and not args.no_filter_seen
+    eval_config = config_from_dict({"eval": {**stored["eval"], "filter_seen": filter_seen}}).eval
     inter = read_interactions(_data_config(stored["data"], args.data))
     if inter.num_items != loaded.model.num_items:
         raise ValueError(f"the data has {inter.num_items} items, the checkpoint {loaded.model.num_items}")

@@ -96,14 +96,17 @@ class ModelConfig:
     # size, so a table 10x smaller turns 10x faster (BENCHMARKS.md, "the plateau").
     init_std: float | None = 0.01
     norm_first: bool = True  # pre-LN (True) or the original post-LN (False)
-    tied_embeddings: bool = True  # score candidates with the input item table (False: a separate output table; with an item tower, an output id table added to the candidates' feature vectors)
+    # Score candidates with the input item table (true) or a separate output table (false; with an item tower,
+    # the candidate side gets its own fusing layer and an output id table). None = from the model (train/auto.py):
+    # tied for an id-only model, untied for an item tower with ids
+    tied_embeddings: bool | None = None
     # Side features (model/features.py); they need data.features. The item tower embeds every item, on the
     # input side and as a candidate, from its features (and its id unless use_item_id is false).
     item_features: bool = True  # embed items with their side features when the data has any (False: ids only)
     use_item_id: bool = True  # include the learned id embedding in the item tower (False: features only)
     item_id_dropout: float = 0.0  # training only: chance an item's id embedding is zeroed (per distinct id and call), so the tower also learns to embed items from features alone, as it must for items unseen in training
     user_features: str = "none"  # none | token: a user vector before the first item | add: added at every position
-    tower_activation: str = "relu"  # relu (the TAAC baseline) | gelu | none, after the tower's fusing Linear
+    tower_activation: str = "none"  # none | relu (the TAAC baseline; every vector >= 0, so all cosines >= 0) | gelu, after the tower's fusing Linear
     vector_buffer_max_dim: int = 256  # item vectors up to this dim live in the checkpoint; wider ones are re-read from data.features at load
 
     def __post_init__(self) -> None:
@@ -139,8 +142,9 @@ class LossConfig:
     # is smaller than the pool (losses/infonce.py: choose_infonce_mode), else the note's pool
     mode: str = "auto"
     extra_pos_negatives: bool = False  # add other rows' positives to the pool, logQ-corrected
-    # mask candidates that are in the row's own user history (the evaluation filters them out as well)
-    history_mask: bool = True
+    # mask candidates that are in the row's own user history (the evaluation filters them out as well).
+    # None = from the data (train/auto.py): off when users repeat items (>= 1% of training events), else on
+    history_mask: bool | None = None
     gbce_t: float = 0.75  # gbce calibration in [0, 1]: 0 = plain BCE, 1 = fully calibrated (gSASRec's ML-1M value 0.75)
     # Weight of a position by the action type of its positive (exposure, click, conversion); the loss is
     # the weighted mean over valid positions (0 drops a type). None: unweighted. Needs actions (TAAC data).
@@ -244,7 +248,8 @@ class EvalConfig:
     """Full-catalogue ranking evaluation."""
 
     ks: tuple[int, ...] = (1, 5, 10, 20, 50)  # cut-offs for HR@K and NDCG@K
-    filter_seen: bool = True  # exclude the user's history items from the ranking
+    # exclude the user's history items from the ranking; None = from the data as loss.history_mask (train/auto.py)
+    filter_seen: bool | None = None
     batch_size: int = 512  # users scored per batch
     select_metric: str = "ndcg@10"  # validation metric used for model selection and early stopping
 

@@ -96,7 +96,7 @@ def model_ranks(
         width = int(min(max(n.max(initial=1), 1), maxlen))  # padding-invariant encoder: trim to the longest
         window = torch.from_numpy(left_padded_windows(inter.items, starts, starts + n, width)).to(device)
         scores = score_items(model.user_embeddings(window, torch.from_numpy(u).to(device)), items, similarity)  # (b, I + 1)
-        seen = seen_mask(_full_histories(split, u, n).to(device), inter.num_items) if config.filter_seen else None
+        seen = seen_mask(_full_histories(split, u, n).to(device), inter.num_items) if config.filter_seen is not False else None
         t = torch.from_numpy(targets[sl]).to(device)
         out[sl] = ranks_from_scores(scores, t, seen).cpu().numpy()
     model.train(was_training)
@@ -116,7 +116,7 @@ def popularity_ranks(split: LeaveOneOut | TimeSplit, stage: str, config: EvalCon
     for start in range(0, len(users), config.batch_size):
         sl = slice(start, start + config.batch_size)
         scores = counts.expand(len(users[sl]), -1)
-        seen = seen_mask(_full_histories(split, users[sl], lengths[sl]), inter.num_items) if config.filter_seen else None
+        seen = seen_mask(_full_histories(split, users[sl], lengths[sl]), inter.num_items) if config.filter_seen is not False else None
         out[sl] = ranks_from_scores(scores, torch.from_numpy(targets[sl]), seen).numpy()
     return out
 

@@ -22,6 +22,7 @@ lengths then give vectors of one scale); missing categorical values embed to zer
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -401,7 +402,10 @@ def build_model(num_items: int, config: ModelConfig, features: FeatureSet | None
     from seqrec.model.sasrec import SASRec
 
     item_tower = user_tower = None
-    if features is not None and features.has_item_features and config.item_features:
+    with_tower = features is not None and features.has_item_features and config.item_features
+    if config.tied_embeddings is None:  # as train/auto.py resolves it: untied for a tower with ids
+        config = dataclasses.replace(config, tied_embeddings=not (with_tower and config.use_item_id))
+    if with_tower:
         if not config.tied_embeddings and not config.use_item_id:
             raise ValueError("model.tied_embeddings=false needs model.use_item_id: with features alone the item "
                              "tower embeds inputs and candidates alike")

@@ -101,7 +101,7 @@ class SASRec(nn.Module):
         d = config.hidden_dim
         if config.maxlen is None or config.dropout is None:
             raise ValueError("model.maxlen and model.dropout must be set (train/auto.py fills them from the data)")
-        if item_tower is not None and (item_tower.out_id_emb is None) != config.tied_embeddings:
+        if item_tower is not None and config.tied_embeddings is not None and (item_tower.out_id_emb is None) != config.tied_embeddings:
             raise ValueError("model.tied_embeddings=false with an item tower needs the tower's output id table "
                              "(build the model with seqrec.model.features.build_model)")
         if (user_tower is None) != (config.user_features == "none"):
@@ -117,7 +117,7 @@ class SASRec(nn.Module):
         )
         self.final_ln = nn.LayerNorm(d)
         # Untied: a separate output id table (with an item tower, the tower's own ``out_id_emb``).
-        untied = not config.tied_embeddings and item_tower is None
+        untied = config.tied_embeddings is False and item_tower is None  # None: tied without a tower
         self.out_emb = nn.Embedding(num_items + 1, d, padding_idx=PAD_ID) if untied else None
         self.reset_parameters()
 

@@ -43,7 +43,7 @@ from seqrec.evaluation.metrics import ranking_metrics
 from seqrec.losses.distributed import all_gather_variable, all_reduce_sum
 from seqrec.model.features import build_model
 from seqrec.model.sasrec import SASRec, similarity_for_loss
-from seqrec.train.auto import resolve_auto
+from seqrec.train.auto import repeat_share, resolve_auto
 from seqrec.train.checkpoint import (
     atomic_write,
     ids_to_list,
@@ -203,7 +203,9 @@ def _train(
     split = make_split(inter, config.data)
     if isinstance(split, TimeSplit) and rank == 0:
         log.info("%s", split.summary())
-    config, chosen = resolve_auto(config, split.train_lengths)
+    item_tower = features is not None and features.has_item_features and config.model.item_features
+    repeats = repeat_share(inter.offsets, inter.items, split.train_lengths)
+    config, chosen = resolve_auto(config, split.train_lengths, repeats, item_tower)
     tc = config.train
     if chosen and rank == 0:
         log.info("chosen from the data (train/auto.py): %s", ", ".join(f"{k}={v}" for k, v in chosen.items()))

@@ -82,7 +82,7 @@ class Objective(nn.Module):
             pos_embs, neg_embs = _candidate_vectors(model, batch)  # (B, L, D), (B, L, K, D)
             return LOSSES["gbce"](seq_embs, pos_embs, neg_embs, batch.loss_mask, num_items=model.num_items,
                                   t=cfg.gbce_t, distributed=self.distributed, weights=weights)
-        history = batch.input_ids if cfg.history_mask else None
+        history = batch.input_ids if cfg.history_mask is not False else None  # None (unresolved): on
         valid = valid_global = int(batch.loss_mask.sum())
         if self.distributed and cfg.mode != "pool":
             # Every rank must take the same branch of "auto", so it is chosen on the global batch.
