@@ -39,7 +39,7 @@ def test_overrides_and_type_coercion(tmp_path):
         (["loss.temperature=0"], "temperature must be > 0"),
         (["loss.temperature=-1"], "temperature must be > 0"),
         (["model.maxlen=0"], "maxlen must be >= 1"),
-        (["model.num_heads=3"], "must divide"),
+        (["model.hidden_dim=64", "model.num_heads=3"], "must divide"),
         (["loss.name=softmax"], "must be one of"),
         (["loss.name=bce", "loss.mode=full"], "apply to infonce only"),
         (["eval.select_metric=ndcg@7"], "select_metric"),

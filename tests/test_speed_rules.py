@@ -15,7 +15,14 @@ from seqrec.data.synthetic import generate_synthetic
 from seqrec.evaluation.evaluate import model_ranks
 from seqrec.model.sasrec import SASRec
 from seqrec.train import auto, loop
-from seqrec.train.auto import auto_batch_size, auto_dropout, auto_maxlen, repeat_share, resolve_auto
+from seqrec.train.auto import (
+    auto_batch_size,
+    auto_dropout,
+    auto_hidden_dim,
+    auto_maxlen,
+    repeat_share,
+    resolve_auto,
+)
 from seqrec.train.checkpoint import load_checkpoint
 from seqrec.train.loop import train
 from tests.conftest import tiny_config
@@ -81,15 +88,16 @@ def test_rules_follow_the_length_distribution_and_user_count():
     assert auto_dropout(np.full(10, 6)) == 0.5 and auto_dropout(np.full(10, 94)) == 0.2
     assert auto_batch_size(6040) == 32 and auto_batch_size(22363) == 128 and auto_batch_size(10**6) == 256
     assert auto_batch_size(100) == 32
+    assert auto_hidden_dim(3416) == 128 and auto_hidden_dim(1_000_000) == 128 and auto_hidden_dim(4_800_000) == 64
 
 
 def test_resolve_fills_only_unset_values():
     lengths = np.full(1000, 30)
     cfg, chosen = resolve_auto(RunConfig(), lengths)
     assert (cfg.model.maxlen, cfg.model.dropout, cfg.train.batch_size) == (50, 0.2, 32)
-    assert chosen == {"model.maxlen": 50, "model.dropout": 0.2, "train.batch_size": 32, "model.tied_embeddings": True,
-                      "loss.history_mask": True, "eval.filter_seen": True}
-    fixed = replace(RunConfig(), model={"maxlen": 7, "dropout": 0.0, "tied_embeddings": False},
+    assert chosen == {"model.maxlen": 50, "model.hidden_dim": 128, "model.dropout": 0.2, "train.batch_size": 32,
+                      "model.tied_embeddings": True, "loss.history_mask": True, "eval.filter_seen": True}
+    fixed = replace(RunConfig(), model={"maxlen": 7, "dropout": 0.0, "tied_embeddings": False, "hidden_dim": 8},
                     train={"batch_size": 3}, loss={"history_mask": True}, eval={"filter_seen": True})
     assert resolve_auto(fixed, lengths, repeats=0.5, item_tower=True) == (fixed, {})
 

@@ -85,7 +85,9 @@ class ModelConfig:
     # number of most recent items the encoder sees (positions); None = from the data (train/auto.py:
     # the median training-history length rounded up to a multiple of 10, within [50, 200])
     maxlen: int | None = None
-    hidden_dim: int = 64  # embedding and transformer width
+    # embedding and transformer width; None = from the data (train/auto.py: 128 for catalogues of up to 1M
+    # items, else 64)
+    hidden_dim: int | None = None
     num_blocks: int = 2  # transformer blocks
     num_heads: int = 1  # attention heads; must divide hidden_dim
     # dropout on embeddings, attention and feed-forward; None = from the data (train/auto.py: 0.5 when the
@@ -112,9 +114,9 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.maxlen is not None and self.maxlen < 1:
             raise ConfigError(f"model.maxlen must be >= 1, got {self.maxlen}")
-        if self.hidden_dim < 1 or self.num_blocks < 1 or self.num_heads < 1:
+        if (self.hidden_dim is not None and self.hidden_dim < 1) or self.num_blocks < 1 or self.num_heads < 1:
             raise ConfigError("model.hidden_dim, model.num_blocks and model.num_heads must be >= 1")
-        if self.hidden_dim % self.num_heads:
+        if self.hidden_dim is not None and self.hidden_dim % self.num_heads:
             raise ConfigError(f"model.num_heads ({self.num_heads}) must divide model.hidden_dim ({self.hidden_dim})")
         if self.init_std is not None and not self.init_std > 0:
             raise ConfigError(f"model.init_std must be > 0 or null, got {self.init_std}")

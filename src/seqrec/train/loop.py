@@ -205,7 +205,7 @@ def _train(
         log.info("%s", split.summary())
     item_tower = features is not None and features.has_item_features and config.model.item_features
     repeats = repeat_share(inter.offsets, inter.items, split.train_lengths)
-    config, chosen = resolve_auto(config, split.train_lengths, repeats, item_tower)
+    config, chosen = resolve_auto(config, split.train_lengths, repeats, item_tower, inter.num_items)
     tc = config.train
     if chosen and rank == 0:
         log.info("chosen from the data (train/auto.py): %s", ", ".join(f"{k}={v}" for k, v in chosen.items()))
