@@ -158,10 +158,9 @@ class ItemTower(_Fused):
         d = hidden_dim
         self.id_dropout = id_dropout
         self.id_emb = nn.Embedding(schema["num_ids"] + 1, d, padding_idx=PAD_ID) if schema["use_item_id"] else None
-        # Untied (model.tied_embeddings=false): candidates also get an id vector of their own, added to the
-        # shared features' vector, so an item can score high after another without
-        # looking like it (a successor relation, which one shared table can only learn through the encoder's
-        # weights). Items without a trained id (row 0: unseen in training) still score by their features.
+        # Untied (model.tied_embeddings=false): candidates also get an id vector of their own, added to their
+        # features' vector, so an item can score high after another without looking like it (a successor
+        # relation, which one shared table can only learn through the encoder's weights). Items without a trained id (row 0: unseen in training) still score by their features.
         self.out_id_emb = (nn.Embedding(schema["num_ids"] + 1, d, padding_idx=PAD_ID)
                            if schema.get("output_ids", False) else None)
         # Untied, the candidate side also fuses the same feature parts with a Linear of its own: with one
@@ -392,6 +391,18 @@ def user_schema(features: FeatureSet) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------------
 
 
+def has_item_tower(config: ModelConfig, features: FeatureSet | None) -> bool:
+    """Whether ``build_model`` embeds items with a tower over ``features``."""
+    return features is not None and features.has_item_features and config.item_features
+
+
+def default_tied(config: ModelConfig, item_tower: bool) -> bool:
+    """``model.tied_embeddings``, where unset: untied for an item tower with ids, tied otherwise."""
+    if config.tied_embeddings is not None:
+        return config.tied_embeddings
+    return not (item_tower and config.use_item_id)
+
+
 def build_model(num_items: int, config: ModelConfig, features: FeatureSet | None = None):
     """SASRec with the towers ``config`` asks for over ``features``.
 
@@ -402,9 +413,8 @@ def build_model(num_items: int, config: ModelConfig, features: FeatureSet | None
     from seqrec.model.sasrec import SASRec
 
     item_tower = user_tower = None
-    with_tower = features is not None and features.has_item_features and config.item_features
-    if config.tied_embeddings is None:  # as train/auto.py resolves it: untied for a tower with ids
-        config = dataclasses.replace(config, tied_embeddings=not (with_tower and config.use_item_id))
+    with_tower = has_item_tower(config, features)
+    config = dataclasses.replace(config, tied_embeddings=default_tied(config, with_tower))
     if with_tower:
         if not config.tied_embeddings and not config.use_item_id:
             raise ValueError("model.tied_embeddings=false needs model.use_item_id: with features alone the item "

@@ -11,8 +11,8 @@ Deliberate deviations from the paper:
   window, so the output at a position depends neither on later items nor on the amount of padding;
 - queries at padding positions attend to themselves only (no NaN) and their outputs are zeroed;
 - a final LayerNorm on the output (also in the pre-LN variant, as in most pre-LN transformers);
-- optional untied output item table (``tied_embeddings=False``; with an item tower, an output id
-  table added to the candidates' feature vectors);
+- optional untied output item table (``tied_embeddings=False``; with an item tower, the candidate side
+  gets its own fusing layer and an output id table);
 - optional side features (``model/features.py``): an item tower replaces the id table on both sides
   (inputs and candidates), and a user vector is placed before the first item (``user_features=token``,
   the TAAC baseline's way) or added at every position (``add``).

@@ -41,7 +41,8 @@ import math
 
 import numpy as np
 
-from seqrec.config import ModelConfig, RunConfig, replace
+from seqrec.config import RunConfig, replace
+from seqrec.model.features import default_tied
 
 MIN_MAXLEN, MAX_MAXLEN = 50, 200
 SPARSE_MEDIAN_LENGTH = 20
@@ -89,11 +90,6 @@ def repeat_share(offsets: np.ndarray, items: np.ndarray, train_lengths: np.ndarr
         return 0.0
     keys = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)[train] * (int(items.max()) + 1) + items[train]
     return 1.0 - len(np.unique(keys)) / len(keys)
-
-
-def default_tied(config: ModelConfig, item_tower: bool) -> bool:
-    """``model.tied_embeddings`` when unset: untied for an item tower with ids, tied otherwise."""
-    return config.tied_embeddings if config.tied_embeddings is not None else not (item_tower and config.use_item_id)
 
 
 def resolve_auto(config: RunConfig, train_lengths: np.ndarray, repeats: float = 0.0,

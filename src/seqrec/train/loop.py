@@ -41,7 +41,7 @@ from seqrec.errors import NonFiniteLossError, RunDirError
 from seqrec.evaluation.evaluate import evaluate_model, evaluate_popularity, model_ranks
 from seqrec.evaluation.metrics import ranking_metrics
 from seqrec.losses.distributed import all_gather_variable, all_reduce_sum
-from seqrec.model.features import build_model
+from seqrec.model.features import build_model, has_item_tower
 from seqrec.model.sasrec import SASRec, similarity_for_loss
 from seqrec.train.auto import repeat_share, resolve_auto
 from seqrec.train.checkpoint import (
@@ -203,7 +203,7 @@ def _train(
     split = make_split(inter, config.data)
     if isinstance(split, TimeSplit) and rank == 0:
         log.info("%s", split.summary())
-    item_tower = features is not None and features.has_item_features and config.model.item_features
+    item_tower = has_item_tower(config.model, features)
     repeats = repeat_share(inter.offsets, inter.items, split.train_lengths)
     config, chosen = resolve_auto(config, split.train_lengths, repeats, item_tower, inter.num_items)
     tc = config.train
