@@ -330,3 +330,16 @@ def test_data_features_setting_names_the_loader(tmp_path):
         read_features(DataConfig(features="ml-1m"), inter)
     with pytest.raises(FileNotFoundError):
         read_features(DataConfig(features=str(tmp_path / "missing")), inter)
+
+
+@pytest.mark.parametrize("mode", ["none", "token", "add"])
+def test_ranking_vector_is_the_last_output_with_user_features(mode):
+    """``user_embeddings`` encodes the last position alone (``last_only``), also with a user token in
+    front (a row without items: the token's slot is then the last column, and its output stays zero)."""
+    model, _ = _model(user_features=mode)
+    ids = torch.tensor([[0, 0, 3, 4], [1, 2, 3, 12], [0, 0, 0, 0]])
+    users = None if mode == "none" else torch.tensor([0, 1, 2])
+    with torch.no_grad():
+        full = model(ids, users=users)[:, -1]
+        torch.testing.assert_close(model.user_embeddings(ids, users), full, rtol=1e-5, atol=1e-6)
+    assert (full[2] == 0).all() and full[:2].abs().sum() > 0

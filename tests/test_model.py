@@ -62,3 +62,22 @@ def test_attention_key_bias_gets_no_gradient():
         d = grad.numel() // 3
         assert grad[:d].abs().max() > 1e-4 and grad[2 * d :].abs().max() > 1e-4  # query and value biases learn
         assert grad[d : 2 * d].abs().max() < 1e-5  # the key bias does not
+
+
+def test_last_only_equals_the_last_column_of_the_full_output():
+    """Ranking encodes the last position alone (``last_only``); it must be the full forward's last row,
+    for both block layouts, one block and several, padded and fully padded rows."""
+    ids = torch.tensor([[0] * 12, [0] * 9 + [3, 4, 5], list(range(1, 13)), [0, 0, 7, 7, 1, 2, 9, 4, 4, 3, 2, 1]])
+    for norm_first in (True, False):
+        for blocks in (1, 3):
+            torch.manual_seed(blocks)
+            cfg = ModelConfig(maxlen=12, hidden_dim=16, num_blocks=blocks, num_heads=2, dropout=0.1,
+                              norm_first=norm_first)
+            model = SASRec(30, cfg).eval()
+            with torch.no_grad():
+                last = model(ids, last_only=True)
+                full = model(ids)[:, -1]
+            assert last.shape == (4, 16)
+            torch.testing.assert_close(last, full, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(model.user_embeddings(ids), full, rtol=1e-5, atol=1e-6)
+            assert (last[0] == 0).all() and last[1:].abs().sum() > 0

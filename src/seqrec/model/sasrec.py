@@ -44,13 +44,24 @@ class CausalSelfAttention(nn.Module):
         self.dropout = dropout
         self.resid_dropout = Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
-        """x: (B, L, D); attn_mask: (B, 1, L, L) bool, True = may attend."""
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """x: (B, L, D); attn_mask: (B, 1, L, L) bool, True = may attend.
+
+        Returns (B, L, D), or (B, 1, D) for the last query alone with ``last_only`` (keys and values still
+        come from every position; the other queries are never computed).
+        """
         B, L, D = x.shape
-        q, k, v = self.qkv(x).split(D, dim=-1)
-        q, k, v = (t.view(B, L, self.num_heads, D // self.num_heads).transpose(1, 2) for t in (q, k, v))  # (B, H, L, Dh)
+        if last_only:
+            w, b = self.qkv.weight, self.qkv.bias
+            q = F.linear(x[:, -1:], w[:D], b[:D])
+            k, v = F.linear(x, w[D:], b[D:]).split(D, dim=-1)
+            attn_mask = attn_mask[:, :, -1:]
+        else:
+            q, k, v = self.qkv(x).split(D, dim=-1)
+        h, dh = self.num_heads, D // self.num_heads
+        q, k, v = (t.view(B, t.shape[1], h, dh).transpose(1, 2) for t in (q, k, v))  # (B, H, L or 1, Dh)
         y = attention(q, k, v, attn_mask, self.dropout, self.training)
-        y = y.transpose(1, 2).reshape(B, L, D)
+        y = y.transpose(1, 2).reshape(B, q.shape[2], D)
         return self.resid_dropout(self.proj(y))
 
 
@@ -74,11 +85,13 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(dim)
         self.ffn = FeedForward(dim, dropout)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """(B, L, D) -> (B, L, D), or (B, 1, D) for the last position alone with ``last_only``."""
+        last = x[:, -1:] if last_only else x
         if self.norm_first:
-            x = x + self.attn(self.ln1(x), attn_mask)
+            x = last + self.attn(self.ln1(x), attn_mask, last_only)
             return x + self.ffn(self.ln2(x))
-        x = self.ln1(x + self.attn(x, attn_mask))
+        x = self.ln1(last + self.attn(x, attn_mask, last_only))
         return self.ln2(x + self.ffn(x))
 
 
@@ -134,15 +147,18 @@ class SASRec(nn.Module):
                     with torch.no_grad():
                         module.weight[module.padding_idx].zero_()
 
-    def forward(self, input_ids: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, users: torch.Tensor | None = None, last_only: bool = False) -> torch.Tensor:
         """Encodes left-padded sequences.
 
         Args:
             input_ids: (B, L) int64 item ids, L <= maxlen, 0 = padding.
             users: optional (B,) int64 user rows for the user tower; without them no user vector is used.
+            last_only: compute the output of the last position alone (what ranking needs): the last
+                block then skips every other query, its projections and its feed-forward rows.
 
         Returns:
-            (B, L, D) per-position sequence embeddings; rows at padding positions are zero.
+            (B, L, D) per-position sequence embeddings, rows at padding positions zero; with
+            ``last_only`` (B, D), the same values as ``forward(...)[:, -1]``.
         """
         B, L = input_ids.shape
         if L > self.config.maxlen:
@@ -171,8 +187,10 @@ class SASRec(nn.Module):
         eye = torch.eye(L, dtype=torch.bool, device=input_ids.device)
         attn_mask = (causal & valid.unsqueeze(1)) | eye  # (B, L, L): key j visible to query i
         attn_mask = attn_mask.unsqueeze(1)  # (B, 1, L, L)
-        for block in self.blocks:
-            x = block(x, attn_mask)
+        for i, block in enumerate(self.blocks):
+            x = block(x, attn_mask, last_only and i == len(self.blocks) - 1)
+        if last_only:
+            return (self.final_ln(x) * item_valid[:, -1:].unsqueeze(-1))[:, 0]
         out = self.final_ln(x) * valid.unsqueeze(-1)
         # The token's own output is not a prediction (and a row without items has no real position).
         return out[:, 1:] * item_valid.unsqueeze(-1) if token else out
@@ -193,7 +211,7 @@ class SASRec(nn.Module):
     @torch.no_grad()
     def user_embeddings(self, histories: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
         """(B, L) left-padded histories (and optional (B,) user rows) -> (B, D) output at the last position."""
-        return self(histories, users)[:, -1, :]
+        return self(histories, users, last_only=True)
 
 
 def score_items(user_vecs: torch.Tensor, item_vecs: torch.Tensor, similarity: str) -> torch.Tensor:
