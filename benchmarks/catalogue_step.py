@@ -53,7 +53,7 @@ class Side:
         self.args = args
         self.model = SASRec(num_items, ModelConfig(maxlen=args.maxlen, hidden_dim=args.dim, num_blocks=2,
                                                    num_heads=1, dropout=args.dropout))
-        self.objective = Objective(LossConfig(name=args.loss, mode="pool"))
+        self.objective = Objective(LossConfig(name=args.loss, mode="pool", pool_size=args.pool_size))
         self.sparse = args.optimizer == "sparse"
         self.optimizer = make_optimizer(self.model, self.objective.parameters(), lr=1e-3, betas=(0.9, 0.98),
                                         weight_decay=0.0, sparse_embeddings=self.sparse)
@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> dict:
             losses[side.num_items].append(side.step(i, record=i >= args.warmup))
     ratios = {p: statistics.median(b / s for b, s in zip(big.times[p], small.times[p], strict=True)) for p in PHASES}
     result = {
-        "loss": args.loss, "optimizer": args.optimizer, "ids": args.ids, "steps": args.steps, "threads": args.threads,
+        "loss": args.loss, "pool_size": args.pool_size, "optimizer": args.optimizer, "ids": args.ids, "steps": args.steps, "threads": args.threads,
         "batch_size": args.batch_size, "maxlen": args.maxlen, "dim": args.dim,
         "big_items": big.num_items, "small_items": small.num_items,
         "big_median_s": {p: statistics.median(big.times[p]) for p in PHASES},
@@ -151,6 +151,8 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--dropout", type=float, default=0.2)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--pool-size", type=int, default=None,
+                        help="InfoNCE: loss.pool_size, the same cap at both sizes (default: the whole in-batch pool)")
     parser.add_argument("--epoch-users", type=int, default=1_000_000)
     parser.add_argument("--bandwidth", action="store_true", help="also measure copy bandwidth and the AdamW floor")
     parser.add_argument("--torch-sparse-adam", action="store_true",
@@ -166,7 +168,7 @@ def main() -> None:
             with open(args.jsonl, "a") as handle:
                 handle.write(json.dumps(r) + "\n")
         b, s, q = r["big_median_s"], r["small_median_s"], r["pair_ratio_median"]
-        print(f"{loss} {args.optimizer} ids={args.ids}, {args.steps} steps each, {args.threads} threads:")
+        print(f"{loss} {args.optimizer} ids={args.ids}, {args.steps} steps each, {args.threads} threads" + (f", loss.pool_size={args.pool_size}" if args.pool_size else "") + ":")
         for p in PHASES:
             print(f"  {p:9s} {r['big_items']:>9,} items {b[p]*1e3:8.1f} ms | {r['small_items']:>7,} items "
                   f"{s[p]*1e3:8.1f} ms | ratio (median of pairs) {q[p]:.3f}")
