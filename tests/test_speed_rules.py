@@ -19,6 +19,7 @@ from seqrec.train.auto import (
     auto_batch_size,
     auto_dropout,
     auto_hidden_dim,
+    auto_lr,
     auto_maxlen,
     repeat_share,
     resolve_auto,
@@ -86,6 +87,7 @@ def test_rules_follow_the_length_distribution_and_user_count():
     assert auto_maxlen(np.full(100, 94)) == 100  # a dense log: the median, rounded up to 10
     assert auto_maxlen(np.full(100, 6)) == 50 and auto_maxlen(np.full(100, 900)) == 200  # clipped
     assert auto_dropout(np.full(10, 6)) == 0.5 and auto_dropout(np.full(10, 94)) == 0.2
+    assert auto_lr(np.full(10, 6)) == 1e-3 and auto_lr(np.full(10, 94)) == 3e-3 and auto_lr(np.full(10, 20)) == 3e-3
     assert auto_batch_size(6040) == 32 and auto_batch_size(22363) == 128 and auto_batch_size(10**6) == 256
     assert auto_batch_size(100) == 32
     assert auto_hidden_dim(3416) == 128 and auto_hidden_dim(1_000_000) == 128 and auto_hidden_dim(4_800_000) == 64
@@ -96,9 +98,11 @@ def test_resolve_fills_only_unset_values():
     cfg, chosen = resolve_auto(RunConfig(), lengths)
     assert (cfg.model.maxlen, cfg.model.dropout, cfg.train.batch_size) == (50, 0.2, 32)
     assert chosen == {"model.maxlen": 50, "model.hidden_dim": 128, "model.dropout": 0.2, "train.batch_size": 32,
-                      "model.tied_embeddings": True, "loss.history_mask": True, "eval.filter_seen": True}
+                      "train.lr": 3e-3, "model.tied_embeddings": True, "loss.history_mask": True,
+                      "eval.filter_seen": True}
+    assert resolve_auto(RunConfig(), np.full(1000, 8))[0].train.lr == 1e-3  # sparse: the lower rate
     fixed = replace(RunConfig(), model={"maxlen": 7, "dropout": 0.0, "tied_embeddings": False, "hidden_dim": 8},
-                    train={"batch_size": 3}, loss={"history_mask": True}, eval={"filter_seen": True})
+                    train={"batch_size": 3, "lr": 0.5}, loss={"history_mask": True}, eval={"filter_seen": True})
     assert resolve_auto(fixed, lengths, repeats=0.5, item_tower=True) == (fixed, {})
 
 

@@ -180,7 +180,9 @@ class TrainConfig:
     # sequences per optimizer step, over all ranks (the global batch); None = from the data (train/auto.py:
     # the largest power of two <= training users / 150, within [32, 256])
     batch_size: int | None = None
-    lr: float = 3e-3  # peak learning rate (BENCHMARKS.md "the plateau": 3e-3 left it in the first epoch, 1e-3 did not)
+    # peak learning rate; None = from the data (train/auto.py: 1e-3 when the median training history is
+    # under 20 items, else 3e-3; BENCHMARKS.md "the plateau" and "Quality per minute", session 10)
+    lr: float | None = None
     weight_decay: float = 0.0  # AdamW decoupled weight decay (0 = plain Adam behaviour)
     betas: tuple[float, float] = (0.9, 0.98)  # Adam betas
     warmup_steps: int = 20  # linear warm-up steps
@@ -222,9 +224,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.epochs < 1 or (self.batch_size is not None and self.batch_size < 1) or self.eval_every < 1:
             raise ConfigError("train.epochs, train.batch_size and train.eval_every must be >= 1")
-        if self.lr <= 0:
+        if self.lr is not None and self.lr <= 0:
             raise ConfigError(f"train.lr must be > 0, got {self.lr}")
-        if self.lr > 3.4e38:  # the optimizer keeps it as float32; beyond this torch fails with a vague overflow
+        if self.lr is not None and self.lr > 3.4e38:  # the optimizer keeps it as float32; beyond this torch fails with a vague overflow
             raise ConfigError(f"train.lr must fit in float32 (<= 3.4e38), got {self.lr}")
         if self.weight_decay < 0 or self.warmup_steps < 0 or self.patience < 0 or self.checkpoint_every_steps < 0:
             raise ConfigError("train.weight_decay, warmup_steps, patience, checkpoint_every_steps must be >= 0")
