@@ -64,14 +64,17 @@ def auto_maxlen(train_lengths: np.ndarray) -> int:
     return int(min(MAX_MAXLEN, max(MIN_MAXLEN, 10 * math.ceil(median / 10))))
 
 
+def is_sparse_log(train_lengths: np.ndarray) -> bool:
+    """The median training history is shorter than ``SPARSE_MEDIAN_LENGTH`` items (the dropout and lr rules)."""
+    return (float(np.median(train_lengths)) if len(train_lengths) else 0.0) < SPARSE_MEDIAN_LENGTH
+
+
 def auto_dropout(train_lengths: np.ndarray) -> float:
-    median = float(np.median(train_lengths)) if len(train_lengths) else 0.0
-    return 0.5 if median < SPARSE_MEDIAN_LENGTH else 0.2
+    return 0.5 if is_sparse_log(train_lengths) else 0.2
 
 
 def auto_lr(train_lengths: np.ndarray) -> float:
-    median = float(np.median(train_lengths)) if len(train_lengths) else 0.0
-    return 1e-3 if median < SPARSE_MEDIAN_LENGTH else 3e-3
+    return 1e-3 if is_sparse_log(train_lengths) else 3e-3
 
 
 def auto_hidden_dim(num_items: int) -> int:
