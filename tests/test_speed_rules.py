@@ -86,7 +86,7 @@ def test_length_sorted_evaluation_gives_the_same_ranks_as_unsorted():
 def test_rules_follow_the_length_distribution_and_user_count():
     assert auto_maxlen(np.full(100, 94)) == 100  # a dense log: the median, rounded up to 10
     assert auto_maxlen(np.full(100, 6)) == 50 and auto_maxlen(np.full(100, 900)) == 200  # clipped
-    assert auto_dropout(np.full(10, 6)) == 0.5 and auto_dropout(np.full(10, 94)) == 0.2
+    assert auto_dropout(np.full(10, 6)) == 0.3 and auto_dropout(np.full(10, 94)) == 0.2
     assert auto_lr(np.full(10, 6)) == 1e-3 and auto_lr(np.full(10, 94)) == 3e-3 and auto_lr(np.full(10, 20)) == 3e-3
     assert auto_batch_size(6040) == 32 and auto_batch_size(22363) == 128 and auto_batch_size(10**6) == 256
     assert auto_batch_size(100) == 32

@@ -90,7 +90,7 @@ class ModelConfig:
     hidden_dim: int | None = None
     num_blocks: int = 2  # transformer blocks
     num_heads: int = 1  # attention heads; must divide hidden_dim
-    # dropout on embeddings, attention and feed-forward; None = from the data (train/auto.py: 0.5 when the
+    # dropout on embeddings, attention and feed-forward; None = from the data (train/auto.py: 0.3 when the
     # median training history is shorter than 20 items, else 0.2)
     dropout: float | None = None
     # std of the normal init of every embedding table (items, positions, features); None = hidden_dim**-0.5.
