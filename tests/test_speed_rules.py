@@ -18,6 +18,7 @@ from seqrec.train import auto, loop
 from seqrec.train.auto import (
     auto_batch_size,
     auto_dropout,
+    auto_num_blocks,
     auto_hidden_dim,
     auto_lr,
     auto_maxlen,
@@ -87,6 +88,7 @@ def test_rules_follow_the_length_distribution_and_user_count():
     assert auto_maxlen(np.full(100, 94)) == 100  # a dense log: the median, rounded up to 10
     assert auto_maxlen(np.full(100, 6)) == 50 and auto_maxlen(np.full(100, 900)) == 200  # clipped
     assert auto_dropout(np.full(10, 6)) == 0.3 and auto_dropout(np.full(10, 94)) == 0.2
+    assert auto_num_blocks(np.full(10, 6)) == 2 and auto_num_blocks(np.full(10, 94)) == 4 and auto_num_blocks(np.full(10, 20)) == 4
     assert auto_lr(np.full(10, 6)) == 1e-3 and auto_lr(np.full(10, 94)) == 3e-3 and auto_lr(np.full(10, 20)) == 3e-3
     assert auto_batch_size(6040) == 32 and auto_batch_size(22363) == 128 and auto_batch_size(10**6) == 256
     assert auto_batch_size(100) == 32
@@ -97,11 +99,13 @@ def test_resolve_fills_only_unset_values():
     lengths = np.full(1000, 30)
     cfg, chosen = resolve_auto(RunConfig(), lengths)
     assert (cfg.model.maxlen, cfg.model.dropout, cfg.train.batch_size) == (50, 0.2, 32)
-    assert chosen == {"model.maxlen": 50, "model.hidden_dim": 128, "model.dropout": 0.2, "train.batch_size": 32,
+    assert chosen == {"model.maxlen": 50, "model.hidden_dim": 128, "model.dropout": 0.2, "model.num_blocks": 4,
+                      "train.batch_size": 32,
                       "train.lr": 3e-3, "model.tied_embeddings": True, "loss.history_mask": True,
                       "eval.filter_seen": True}
     assert resolve_auto(RunConfig(), np.full(1000, 8))[0].train.lr == 1e-3  # sparse: the lower rate
-    fixed = replace(RunConfig(), model={"maxlen": 7, "dropout": 0.0, "tied_embeddings": False, "hidden_dim": 8},
+    fixed = replace(RunConfig(), model={"maxlen": 7, "dropout": 0.0, "tied_embeddings": False, "hidden_dim": 8,
+                                        "num_blocks": 1},
                     train={"batch_size": 3, "lr": 0.5}, loss={"history_mask": True}, eval={"filter_seen": True})
     assert resolve_auto(fixed, lengths, repeats=0.5, item_tower=True) == (fixed, {})
 

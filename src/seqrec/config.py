@@ -88,7 +88,9 @@ class ModelConfig:
     # embedding and transformer width; None = from the data (train/auto.py: 128 for catalogues of up to 1M
     # items, else 64)
     hidden_dim: int | None = None
-    num_blocks: int = 2  # transformer blocks
+    # transformer blocks; None = from the data (train/auto.py: 4 when the median training history is at least
+    # 20 items, else 2)
+    num_blocks: int | None = None
     num_heads: int = 1  # attention heads; must divide hidden_dim
     # dropout on embeddings, attention and feed-forward; None = from the data (train/auto.py: 0.3 when the
     # median training history is shorter than 20 items, else 0.2)
@@ -114,7 +116,8 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.maxlen is not None and self.maxlen < 1:
             raise ConfigError(f"model.maxlen must be >= 1, got {self.maxlen}")
-        if (self.hidden_dim is not None and self.hidden_dim < 1) or self.num_blocks < 1 or self.num_heads < 1:
+        if ((self.hidden_dim is not None and self.hidden_dim < 1) or (self.num_blocks is not None and self.num_blocks < 1)
+                or self.num_heads < 1):
             raise ConfigError("model.hidden_dim, model.num_blocks and model.num_heads must be >= 1")
         if self.hidden_dim is not None and self.hidden_dim % self.num_heads:
             raise ConfigError(f"model.num_heads ({self.num_heads}) must divide model.hidden_dim ({self.hidden_dim})")

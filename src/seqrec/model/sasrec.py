@@ -112,9 +112,9 @@ class SASRec(nn.Module):
         self.num_items = num_items
         self.config = config
         d = config.hidden_dim
-        if config.maxlen is None or config.dropout is None or d is None:
-            raise ValueError("model.maxlen, model.dropout and model.hidden_dim must be set (train/auto.py fills "
-                             "them from the data)")
+        if config.maxlen is None or config.dropout is None or d is None or config.num_blocks is None:
+            raise ValueError("model.maxlen, model.dropout, model.hidden_dim and model.num_blocks must be set "
+                             "(train/auto.py fills them from the data)")
         if item_tower is not None and config.tied_embeddings is not None and (item_tower.out_id_emb is None) != config.tied_embeddings:
             raise ValueError("model.tied_embeddings=false with an item tower needs the tower's output id table "
                              "(build the model with seqrec.model.features.build_model)")
