@@ -26,7 +26,7 @@ from seqrec.config import load_config
 from seqrec.data.batches import BatchBuilder
 from seqrec.data.features import read_dataset
 from seqrec.data.split import make_split
-from seqrec.model.features import build_model
+from seqrec.model.features import build_model, has_item_tower
 from seqrec.train.auto import repeat_share, resolve_auto
 from seqrec.train.loop import item_counts
 from seqrec.train.objective import Objective
@@ -61,7 +61,8 @@ def main() -> None:
     inter, features = read_dataset(config.data, progress=False)
     split = make_split(inter, config.data)
     repeats = repeat_share(inter.offsets, inter.items, split.train_lengths)
-    config, _ = resolve_auto(config, split.train_lengths, repeats, False, inter.num_items)
+    item_tower = has_item_tower(config.model, features)
+    config, _ = resolve_auto(config, split.train_lengths, repeats, item_tower, inter.num_items)
     tc, mc = config.train, config.model
     builder = BatchBuilder(inter.offsets, inter.items, split.train_lengths, inter.num_items, mc.maxlen,
                            config.loss.negatives_per_position, length_buckets=tc.length_buckets, window=tc.window)

@@ -18,10 +18,10 @@ from seqrec.train import auto, loop
 from seqrec.train.auto import (
     auto_batch_size,
     auto_dropout,
-    auto_num_blocks,
     auto_hidden_dim,
     auto_lr,
     auto_maxlen,
+    auto_num_blocks,
     repeat_share,
     resolve_auto,
 )

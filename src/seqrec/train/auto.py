@@ -75,7 +75,7 @@ def auto_maxlen(train_lengths: np.ndarray) -> int:
 
 
 def is_sparse_log(train_lengths: np.ndarray) -> bool:
-    """The median training history is shorter than ``SPARSE_MEDIAN_LENGTH`` items (the dropout and lr rules)."""
+    """The median training history is shorter than ``SPARSE_MEDIAN_LENGTH`` items (the dropout, depth and lr rules)."""
     return (float(np.median(train_lengths)) if len(train_lengths) else 0.0) < SPARSE_MEDIAN_LENGTH
 
 
