@@ -21,7 +21,9 @@ def tiny_config(**sections) -> RunConfig:
     values = {
         "data": {"synthetic_users": 300, "synthetic_items": 60},
         "model": {"maxlen": 20, "hidden_dim": 16, "num_blocks": 1, "num_heads": 1, "dropout": 0.1},
-        "train": {"epochs": 2, "batch_size": 64, "lr": 3e-3, "patience": 0, "seed": 7, "warmup_steps": 0},
+        # fp32: the same numerics on every test machine (auto would measure the CPU and may pick bf16)
+        "train": {"epochs": 2, "batch_size": 64, "lr": 3e-3, "patience": 0, "seed": 7, "warmup_steps": 0,
+                  "precision": "fp32"},
         "eval": {"batch_size": 128},
     }
     for name, updates in sections.items():

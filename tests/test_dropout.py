@@ -19,6 +19,20 @@ def test_dropout_keeps_with_probability_one_minus_p_and_scales():
     assert abs(y.mean().item() - 1.0) < 0.01  # inverted dropout preserves the mean
 
 
+def test_dropout_mask_bits_are_independent_of_position():
+    # Four mask elements come from one 64-bit draw: each of the four slots must drop at rate p, and
+    # neighbours must not be correlated (a bias in one slot or a shared bit would show here).
+    torch.manual_seed(3)
+    kept = (dropout(torch.ones(400_000), 0.25, True) != 0).float().view(-1, 4)
+    for slot in range(4):
+        assert abs(kept[:, slot].mean().item() - 0.75) < 0.006
+    both = (kept[:, 0] * kept[:, 1]).mean().item()
+    assert abs(both - 0.75**2) < 0.006
+    x = torch.ones(7, 5, dtype=torch.bfloat16)  # sizes not a multiple of four, low precision
+    y = dropout(x, 0.5, True)
+    assert y.dtype == torch.bfloat16 and set(y.unique().tolist()) <= {0.0, 2.0}
+
+
 def test_dropout_gradient_is_the_same_mask_and_scale():
     torch.manual_seed(1)
     x = torch.randn(50, 30, requires_grad=True)
@@ -62,11 +76,14 @@ def test_explicit_attention_drops_the_softmax_weights(p):
     q, k, v, mask = _masked()
     torch.manual_seed(9)
     out = attention(q, k, v, mask, p, True)
-    # Reference with the same uniform draw: softmax over visible keys, weights kept where u >= p.
+    # Reference with the same draw: 16 random bits per weight (four per int64), kept where the bits as an
+    # int16 are at least p * 65536 - 32768; softmax over visible keys.
     torch.manual_seed(9)
-    u = torch.rand(q.shape[:-1] + (q.shape[-2],), dtype=q.dtype)
+    shape = q.shape[:-1] + (q.shape[-2],)
+    n = math.prod(shape)
+    bits = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2**63), None).view(torch.int16)[:n].view(shape)
     scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
-    w = scores.masked_fill(~mask, float("-inf")).softmax(-1) * (u >= p) / (1 - p)
+    w = scores.masked_fill(~mask, float("-inf")).softmax(-1) * (bits >= round(p * 65536) - 32768) / (1 - p)
     assert torch.allclose(out, w @ v)
     assert torch.isfinite(out).all()
     out.sum().backward()

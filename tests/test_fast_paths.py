@@ -18,6 +18,7 @@ from seqrec.model.sasrec import SASRec, score_items
 from seqrec.train.checkpoint import load_checkpoint
 from seqrec.train.loop import item_counts, train
 from seqrec.train.objective import Objective
+from seqrec.train.precision import resolve_precision
 from tests.conftest import tiny_config
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -71,6 +72,34 @@ def test_dataloader_workers_train_the_same_model(tmp_path):
         train(cfg, tmp_path / f"w{workers}", progress=False, command=["t"])
     a, b = (load_checkpoint(tmp_path / f"w{w}" / "checkpoints" / "last.pt")["model"] for w in (0, 2))
     assert all(torch.equal(a[name], b[name]) for name in a)
+
+
+@pytest.mark.parametrize(("speedup", "expected"), [(3.0, "bf16"), (1.2, "fp32"), (0.05, "fp32")])
+def test_auto_precision_follows_the_measured_bf16_speed(monkeypatch, speedup, expected):
+    monkeypatch.setattr("seqrec.train.precision.bf16_speedup", lambda: speedup)
+    assert resolve_precision("auto", torch.device("cpu")) == expected
+    assert resolve_precision("auto", torch.device("cuda")) == "fp32"  # CUDA: TF32, bf16 only when asked
+    assert resolve_precision("fp32", torch.device("cpu")) == "fp32"
+
+
+def test_explicit_bf16_on_a_slow_cpu_warns_but_is_kept(monkeypatch, caplog):
+    monkeypatch.setattr("seqrec.train.precision.bf16_speedup", lambda: 0.05)
+    with caplog.at_level("WARNING"):
+        assert resolve_precision("bf16", torch.device("cpu")) == "bf16"
+    assert "no bfloat16 instructions" in caplog.text
+
+
+def test_bf16_run_validates_in_bf16_and_reports_float32(tmp_path, monkeypatch):
+    # The training-time validations take the bf16 encoder; the final valid numbers are recomputed in fp32.
+    import seqrec.train.loop as loop
+
+    calls = []
+    real = loop.evaluate_model
+    monkeypatch.setattr(loop, "evaluate_model", lambda *a, **kw: calls.append(kw.get("bf16")) or real(*a, **kw))
+    result = train(tiny_config(train={"precision": "bf16", "epochs": 2}), tmp_path / "run", progress=False,
+                   command=["t"])
+    assert calls == [True, True, False, False]  # two validations, then valid and test in float32
+    assert 0 < result.best_valid["ndcg@10"] <= 1
 
 
 @pytest.mark.parametrize(

@@ -214,8 +214,11 @@ class TrainConfig:
     checkpoint_every_steps: int = 0  # also save `last` every N steps inside an epoch (0 = at epoch ends only)
     device: str = "auto"  # auto | cpu | cuda | cuda:N (under torchrun: auto/cuda = cuda:LOCAL_RANK)
     num_threads: int = 0  # torch intra-op threads on CPU (0 = torch default)
-    # GPU fast paths; the CPU defaults leave training bit-for-bit as it was. On CUDA, TF32 matmuls are on.
-    precision: str = "fp32"  # fp32 | bf16: the encoder runs under bfloat16 autocast, losses stay float32
+    # Fast paths. On CUDA, TF32 matmuls are on.
+    # fp32 | bf16: the encoder under bfloat16 autocast and the InfoNCE products in bfloat16 (sums and
+    # gradients float32) | auto: bf16 on a CPU whose bfloat16 products measure >= 1.5x float32's, else fp32
+    # (train/precision.py)
+    precision: str = "auto"
     compile: bool = False  # torch.compile the encoder for training (evaluation uses the plain module)
     num_workers: int = 0  # DataLoader processes building batches (0 = in the training process)
     # Item table with sparse gradients + SparseAdam ("lazy" Adam: only the batch's rows move; no weight
@@ -241,7 +244,7 @@ class TrainConfig:
             raise ConfigError(f"train.plateau_patience must be >= 1, got {self.plateau_patience}")
         if self.clip_grad_norm is not None and self.clip_grad_norm <= 0:
             raise ConfigError(f"train.clip_grad_norm must be > 0 or null, got {self.clip_grad_norm}")
-        _check_choice("train.precision", self.precision, ("fp32", "bf16"))
+        _check_choice("train.precision", self.precision, ("fp32", "bf16", "auto"))
         if self.num_workers < 0:
             raise ConfigError(f"train.num_workers must be >= 0, got {self.num_workers}")
         if self.length_buckets < 0:

@@ -70,11 +70,13 @@ def model_ranks(
     device: torch.device | str = "cpu",
     progress: bool = False,
     share: slice = slice(None),
+    bf16: bool = False,
 ) -> np.ndarray:
     """Ranks of the ``stage`` ('valid' or 'test') targets, one per evaluated user.
 
     ``share`` selects a contiguous part of ``split.eval_users`` (a distributed rank's share); the ranks
-    come back in that order.
+    come back in that order. ``bf16``: the encoder runs under bfloat16 autocast (the validations of a
+    ``train.precision=bf16`` run; scoring and ranking stay float32).
     """
     was_training = model.training
     model.eval()
@@ -95,7 +97,9 @@ def model_ranks(
         starts = inter.offsets[u]
         width = int(min(max(n.max(initial=1), 1), maxlen))  # padding-invariant encoder: trim to the longest
         window = torch.from_numpy(left_padded_windows(inter.items, starts, starts + n, width)).to(device)
-        scores = score_items(model.user_embeddings(window, torch.from_numpy(u).to(device)), items, similarity)  # (b, I + 1)
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
+            queries = model.user_embeddings(window, torch.from_numpy(u).to(device))
+        scores = score_items(queries.float(), items, similarity)  # (b, I + 1)
         seen = seen_mask(_full_histories(split, u, n).to(device), inter.num_items) if config.filter_seen is not False else None
         t = torch.from_numpy(targets[sl]).to(device)
         out[sl] = ranks_from_scores(scores, t, seen).cpu().numpy()
@@ -130,8 +134,10 @@ def evaluate_model(
     *,
     device: torch.device | str = "cpu",
     progress: bool = False,
+    bf16: bool = False,
 ) -> dict[str, float]:
-    return ranking_metrics(model_ranks(model, split, stage, similarity, config, device=device, progress=progress), config.ks)
+    ranks = model_ranks(model, split, stage, similarity, config, device=device, progress=progress, bf16=bf16)
+    return ranking_metrics(ranks, config.ks)
 
 
 def evaluate_popularity(split: LeaveOneOut | TimeSplit, stage: str, config: EvalConfig) -> dict[str, float]:

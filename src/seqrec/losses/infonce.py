@@ -247,6 +247,7 @@ def infonce_loss(
     chunk_size: int = 4096,
     distributed: bool = False,
     weights: torch.Tensor | None = None,
+    gemm_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """In-batch InfoNCE over the pooled sampled negatives of all valid positions (see module docstring).
 
@@ -279,6 +280,8 @@ def infonce_loss(
         weights: optional (B, L) non-negative weight per position: the loss is then the weighted mean
             ``sum w * loss / sum w`` over valid rows (see ``weighting.py``); every valid position's
             negatives stay in the pool, whatever its weight.
+        gemm_dtype: e.g. ``torch.bfloat16``: the streamed softmax's matrix products in that precision
+            (``infonce_kernel.softmax_ce_sum``); None: the compute dtype throughout.
 
     Returns:
         0-dim tensor: mean loss over valid rows (float32 for half/bfloat16 inputs). 0.0 with a zero
@@ -337,10 +340,11 @@ def infonce_loss(
     bound = _cosine_logit_bound(temperature)
     if weights is not None:
         return weighted_ce_sum(softmax_ce_sum, weights.reshape(-1)[flat], q, pos_logit, pool, bias, rows, cols,
-                               include_pos=True, chunk_size=chunk_size, distributed=use_dist, logit_bound=bound)
+                               include_pos=True, chunk_size=chunk_size, distributed=use_dist, logit_bound=bound,
+                               gemm_dtype=gemm_dtype)
     return softmax_ce_sum(
         q, pos_logit, pool, bias, rows, cols, include_pos=True, scale=scale, chunk_size=chunk_size,
-        logit_bound=bound,
+        logit_bound=bound, gemm_dtype=gemm_dtype,
     )  # fmt: skip
 
 
@@ -354,6 +358,7 @@ def full_softmax_loss(
     history_ids: torch.Tensor | None = None,
     chunk_size: int = 4096,
     weights: torch.Tensor | None = None,
+    gemm_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Cosine/temperature cross-entropy of every valid position against the whole catalogue.
 
@@ -368,6 +373,7 @@ def full_softmax_loss(
         chunk_size: at most this many rows per tile; a tile spans at most ``32 * chunk_size`` catalogue
             columns (wider catalogues are swept in column blocks).
         weights: optional (B, L) non-negative weight per position: a weighted mean over valid rows.
+        gemm_dtype: as for :func:`infonce_loss`.
 
     Returns:
         0-dim tensor: mean over valid rows of ``-log softmax(cos(q, items) / temperature)[pos]``;
@@ -391,8 +397,8 @@ def full_softmax_loss(
     bound = _cosine_logit_bound(temperature)
     if weights is not None:
         return weighted_ce_sum(softmax_ce_sum, weights.reshape(-1)[flat], q, pos_logit, items, None, rows, cols,
-                               include_pos=False, chunk_size=chunk_size, logit_bound=bound)
+                               include_pos=False, chunk_size=chunk_size, logit_bound=bound, gemm_dtype=gemm_dtype)
     return softmax_ce_sum(
         q, pos_logit, items, None, rows, cols, include_pos=False, scale=1.0 / n, chunk_size=chunk_size,
-        logit_bound=bound,
+        logit_bound=bound, gemm_dtype=gemm_dtype,
     )  # fmt: skip

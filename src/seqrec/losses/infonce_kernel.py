@@ -204,6 +204,7 @@ class _SoftmaxCESum(torch.autograd.Function):
         chunk_size,
         grad_mode,
         logit_bound,
+        gemm_dtype,
     ):
         n, u = queries.shape[0], pool.shape[0]
         col_block = chunk_size * _COL_BLOCK_FACTOR
@@ -221,8 +222,9 @@ class _SoftmaxCESum(torch.autograd.Function):
         grad_bias = torch.zeros_like(bias) if bias is not None and need_bias else None
         grads = (grad_q, grad_pool, grad_bias)
         want_grads = need_q or need_pos or need_pool or grad_bias is not None
-        buffer = queries.new_empty(step * min(u, col_block))
         shift = _fixed_shift(logit_bound, bias, u, queries.dtype, scale)
+        low = gemm_dtype is not None and gemm_dtype != queries.dtype and shift is not None
+        buffer = queries.new_empty(step * min(u, col_block), dtype=gemm_dtype if low else None)
         if shift is not None:
             total = _fixed_shift_sweep(
                 queries, pos_logit, pool, bias, mask_rows, mask_cols, include_pos, scale, shift,
@@ -281,7 +283,7 @@ class _SoftmaxCESum(torch.autograd.Function):
     def backward(ctx, grad_out):
         saved = iter(ctx.saved_tensors)
         grads = [next(saved) * grad_out if present else None for present in ctx.present]
-        return (*grads, None, None, None, None, None, None, None)
+        return (*grads, None, None, None, None, None, None, None, None)
 
 
 def _fixed_shift_sweep(
@@ -300,6 +302,10 @@ def _fixed_shift_sweep(
     Two choices are for speed only (same values up to float rounding; BENCHMARKS.md, issue 3): the tile is
     ``exp2((log2(e) Q) V^T)``, since ``exp2`` costs about half of ``exp`` on CPU, and it is laid out
     pool-major, the orientation in which the logits GEMM ran fastest.
+
+    A ``buffer`` of a lower precision than the queries (``gemm_dtype``, bfloat16) runs the three GEMMs
+    and the exp in that precision: the tile is rounded to 8 mantissa bits (a logit error of at most
+    ~0.2% of ``1 / temperature``), the row sums and the gradients accumulate in the queries' precision.
     """
     n = queries.shape[0]
     grad_q, grad_pool, grad_bias = grads
@@ -311,6 +317,8 @@ def _fixed_shift_sweep(
         factor = None  # the shift is 0: no bias and a symmetric bound
         pool_f = pool
     queries2 = queries * (1.0 / math.log(2.0))  # exp2(q2 . v) = exp(q . v)
+    low = buffer.dtype != queries.dtype  # the GEMMs' operands in the buffer's (lower) precision
+    pool_g, pool_fg, queries2 = (x.to(buffer.dtype) for x in (pool, pool_f, queries2))
     # Per-row work is done once for all rows, outside the tile loop (fewer small ops per tile). A masked
     # pair (r, u) sits at (u - c0) * C + (r - r0) of its (c1 - c0, C) tile.
     tile_rows = (n - (mask_rows // step) * step).clamp_(max=step)  # C of the pair's row tile
@@ -319,7 +327,7 @@ def _fixed_shift_sweep(
     pos_term = torch.exp(pos_logit - shift) if include_pos else None
     # sum_u exp(q_r . v_u) f_u, plus pos_term with include_pos
     row_sums = pos_term.clone() if include_pos else torch.zeros_like(pos_logit)
-    scaled_q = queries.new_empty((min(n, step), queries.shape[1])) if grad_pool is not None else None
+    scaled_q = (buffer.new_empty((min(n, step), queries.shape[1])) if grad_pool is not None else None)
 
     def weights_of(sums):
         # d loss / d logit = scale * softmax. With the positive in the sum, every row sum is at least
@@ -331,7 +339,7 @@ def _fixed_shift_sweep(
 
     def exp_tile(i, r0, r1, c0, c1):
         c = r1 - r0
-        e = torch.mm(pool[c0:c1], queries2[r0:r1].T, out=buffer[: c * (c1 - c0)].view(c1 - c0, c)).exp2_()
+        e = torch.mm(pool_g[c0:c1], queries2[r0:r1].T, out=buffer[: c * (c1 - c0)].view(c1 - c0, c)).exp2_()
         a, b = edges[i], edges[i + 1]
         if b > a:
             if single:
@@ -344,6 +352,14 @@ def _fixed_shift_sweep(
         return e  # (c1 - c0, C)
 
     def accumulate(e, weight, c0, c1, r0, r1):
+        if low:  # no mixed-precision addmm: each product is rounded once, then added in full precision
+            if grad_q is not None:
+                grad_q[r0:r1] += torch.mm(e.T, pool_fg[c0:c1])
+            if grad_pool is not None:
+                grad_pool[c0:c1] += torch.mm(e, scaled_q[: r1 - r0].copy_(queries[r0:r1] * weight[:, None]))
+            if grad_bias is not None:
+                grad_bias[c0:c1] += torch.mv(e, weight.to(e.dtype))
+            return
         if grad_q is not None:
             if single:
                 torch.mm(e.T, pool_f, out=grad_q[r0:r1])
@@ -361,7 +377,9 @@ def _fixed_shift_sweep(
         for c0, c1 in blocks:
             e = exp_tile(i, r0, r1, c0, c1)
             if factor is None:
-                sums += e.sum(dim=0)
+                sums += e.sum(dim=0, dtype=sums.dtype)
+            elif low:
+                sums += torch.mv(e.T, factor[c0:c1].to(e.dtype))
             else:
                 sums.addmv_(e.T, factor[c0:c1])
         if not want_grads:
@@ -401,6 +419,7 @@ def softmax_ce_sum(
     scale: float,
     chunk_size: int,
     logit_bound: float | None = None,
+    gemm_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Streamed, masked ``scale * sum_r (logsumexp_r - pos_r)``, see :class:`_SoftmaxCESum`.
 
@@ -418,6 +437,9 @@ def softmax_ce_sum(
             rounding). When it and the bias range allow (see :func:`_fixed_shift`) the log-sum-exp uses a
             constant shift instead of a running max: the same values, fewer passes per tile. None: no
             guarantee, the running-max path.
+        gemm_dtype: e.g. ``torch.bfloat16``: the tile GEMMs and the exp in that precision, on the
+            constant-shift path only (CPUs with bfloat16 instructions run them ~3x faster); sums and
+            gradients stay in the queries' dtype. None: the queries' dtype throughout.
 
     Returns:
         0-dim tensor.
@@ -426,6 +448,6 @@ def softmax_ce_sum(
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     return _SoftmaxCESum.apply(
         queries, pos_logit, pool, bias, mask_rows, mask_cols, include_pos, float(scale), chunk_size,
-        torch.is_grad_enabled(), logit_bound,
+        torch.is_grad_enabled(), logit_bound, gemm_dtype,
     )  # fmt: skip
 

@@ -31,6 +31,7 @@ def weighted_ce_sum(
     chunk_size: int,
     distributed: bool = False,
     logit_bound: float | None = None,
+    gemm_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """``sum_r w_r * loss_r / sum_r w_r`` (times ``world_size`` over the global weight sum when distributed).
 
@@ -38,7 +39,7 @@ def weighted_ce_sum(
         ce_sum: the streamed kernel, ``infonce_kernel.softmax_ce_sum``.
         row_weights: (N,) non-negative weight of each query row.
         queries, pos_logit, pool, bias, mask_rows, mask_cols: as for ``ce_sum`` (mask pairs sorted by row).
-        include_pos, chunk_size, logit_bound: as for ``ce_sum``.
+        include_pos, chunk_size, logit_bound, gemm_dtype: as for ``ce_sum``.
         distributed: the denominator is the weight sum of all ranks, and the result is scaled by
             ``world_size`` so DDP's average over ranks is the global weighted mean.
 
@@ -65,6 +66,6 @@ def weighted_ce_sum(
         out = out + ce_sum(
             queries[chosen], pos_logit[chosen], pool, bias, renumber[mask_rows[keep]], mask_cols[keep],
             include_pos=include_pos, scale=value * factor, chunk_size=chunk_size,
-            logit_bound=logit_bound,
+            logit_bound=logit_bound, gemm_dtype=gemm_dtype,
         )
     return out

@@ -53,6 +53,7 @@ from seqrec.train.checkpoint import (
     set_rng_state,
 )
 from seqrec.train.objective import Objective
+from seqrec.train.precision import resolve_precision
 from seqrec.train.processes import (
     RankBatches,
     enable_tf32,
@@ -102,17 +103,18 @@ class _LossModule(nn.Module):
 
 def _evaluate(
     model: SASRec, split: LeaveOneOut | TimeSplit, stage: str, similarity: str, config: EvalConfig,
-    device: torch.device, rank: int, world: int,
+    device: torch.device, rank: int, world: int, bf16: bool = False,
 ) -> dict[str, float]:
     """Metrics over every evaluated user, the same on every rank.
 
-    With several ranks, each ranks a contiguous share of the users and the ranks are gathered.
+    With several ranks, each ranks a contiguous share of the users and the ranks are gathered. ``bf16``:
+    the encoder under bfloat16 autocast (validations during a bf16 run; the final numbers are float32).
     """
     if world == 1:
-        return evaluate_model(model, split, stage, similarity, config, device=device)
+        return evaluate_model(model, split, stage, similarity, config, device=device, bf16=bf16)
     n = len(split.users(stage))
     share = slice(n * rank // world, n * (rank + 1) // world)
-    ranks = model_ranks(model, split, stage, similarity, config, device=device, share=share)
+    ranks = model_ranks(model, split, stage, similarity, config, device=device, share=share, bf16=bf16)
     gathered, _ = all_gather_variable(torch.from_numpy(ranks).to(device))
     return ranking_metrics(gathered.cpu().numpy(), config.ks)
 
@@ -193,6 +195,11 @@ def _train(
         enable_tf32()
         if tc.precision == "bf16" and not torch.cuda.is_bf16_supported():
             raise ValueError(f"train.precision=bf16: {torch.cuda.get_device_name(device)} has no bfloat16 support")
+    precision = resolve_precision(tc.precision, device)  # auto: measured on this machine, rank 0 decides
+    if world > 1:
+        precision = "bf16" if from_rank0(float(precision == "bf16"), device) else "fp32"
+    if tc.precision == "auto" and rank == 0:
+        log.info("train.precision=auto: %s on this %s", precision, device.type)
 
     # ---- setup: data, model, objective, optimizer
     if interactions is None:
@@ -223,7 +230,7 @@ def _train(
     tensorboard = TensorboardLog(run_dir) if tc.tensorboard and rank == 0 else None
     seed_everything(tc.seed)
     model = build_model(inter.num_items, config.model, features).to(device)
-    objective = Objective(config.loss, item_counts(split), precision=tc.precision, distributed=world > 1).to(device)
+    objective = Objective(config.loss, item_counts(split), precision=precision, distributed=world > 1).to(device)
     similarity = similarity_for_loss(config.loss.name)
     params = list(model.parameters()) + list(objective.parameters())
     if tc.sparse_embeddings:
@@ -407,7 +414,7 @@ def _train(
         improved = False
         if epoch % config.train.eval_every == 0 or epoch == tc.epochs or out_of_time or best_epoch < 0 and budget is not None:
             eval_started = time.perf_counter()
-            valid = _evaluate(model, split, "valid", similarity, config.eval, device, rank, world)
+            valid = _evaluate(model, split, "valid", similarity, config.eval, device, rank, world, precision == "bf16")
             eval_seconds = time.perf_counter() - eval_started
             record["valid"] = valid
             record["eval_seconds"] = eval_seconds
@@ -447,7 +454,8 @@ def _train(
         dist.barrier(device_ids=[device.index] if device.type == "cuda" else None)  # rank 0 has written best.pt
     best = load_checkpoint(run_dir / "checkpoints" / "best.pt")
     model.load_state_dict(best["model"])
-    valid_best = best_valid if best_valid is not None else _evaluate(
+    # A bf16 run selected its best epoch on bf16 validations; the reported numbers are float32 ones.
+    valid_best = best_valid if best_valid is not None and precision == "fp32" else _evaluate(
         model, split, "valid", similarity, config.eval, device, rank, world)
     test = _evaluate(model, split, "test", similarity, config.eval, device, rank, world)
     pop = evaluate_popularity(split, "test", config.eval)

@@ -27,8 +27,8 @@ class Objective(nn.Module):
         config: the loss section.
         item_counts: (I + 1,) training frequency per item; needed for the logQ correction of
             ``extra_pos_negatives``.
-        precision: ``"fp32"``, or ``"bf16"``: the encoder runs under bfloat16 autocast and the loss, with
-            its log-sum-exp, in float32 outside it.
+        precision: ``"fp32"``, or ``"bf16"``: the encoder runs under bfloat16 autocast, and the InfoNCE
+            losses' matrix products in bfloat16 with their sums, log-sum-exp and gradients in float32.
         distributed: this rank holds a share of the global batch (``torch.distributed`` initialised):
             the loss is ``world_size / N_global * sum of this rank's row losses``, so DDP's average over
             ranks is the single-process loss on the global batch, and the InfoNCE pool is every rank's.
@@ -47,6 +47,8 @@ class Objective(nn.Module):
             raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
         self.config = config
         self.precision = precision
+        # bf16: the streamed softmax's GEMMs too; its sums, log-sum-exp and gradients stay float32.
+        self.gemm_dtype = torch.bfloat16 if precision == "bf16" else None
         self.distributed = distributed
         # Parameterised in log space and clamped in ``temperature`` so it stays in [min_temperature, 1].
         self.log_temperature = (
@@ -90,7 +92,7 @@ class Objective(nn.Module):
         if choose_infonce_mode(cfg.mode, model.num_items, valid_global * batch.neg_ids.shape[-1]) == "full":
             loss = full_softmax_loss(
                 seq_embs, model.item_embeddings(), batch.loss_mask, batch.pos_ids, self.temperature,
-                history_ids=history, weights=weights,
+                history_ids=history, weights=weights, gemm_dtype=self.gemm_dtype,
             )
             if self.distributed and weights is not None:  # the mean's denominator is a weight sum
                 local = (weights * batch.loss_mask).sum()
@@ -102,6 +104,7 @@ class Objective(nn.Module):
             seq_embs, pos_embs, neg_embs, batch.loss_mask, batch.pos_ids, batch.neg_ids, self.temperature,
             pool_size=cfg.pool_size, generator=generator, extra_pos_negatives=cfg.extra_pos_negatives,
             pos_log_q=self.pos_log_q, history_ids=history, distributed=self.distributed, weights=weights,
+            gemm_dtype=self.gemm_dtype,
         )
 
     def position_weights(self, batch: Batch) -> torch.Tensor | None:
