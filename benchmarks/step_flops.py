@@ -20,14 +20,10 @@ import time
 
 import numpy as np
 import torch
+from run_setup import resolved_run  # benchmarks/run_setup.py (scripts run from benchmarks/)
 from torch.utils.flop_counter import FlopCounterMode
 
-from seqrec.config import load_config
-from seqrec.data.batches import BatchBuilder
-from seqrec.data.features import read_dataset
-from seqrec.data.split import make_split
-from seqrec.model.features import build_model, has_item_tower
-from seqrec.train.auto import repeat_share, resolve_auto
+from seqrec.model.features import build_model
 from seqrec.train.loop import item_counts
 from seqrec.train.objective import Objective
 
@@ -57,15 +53,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    config = load_config(args.config, [f"data.path={args.data}", *args.set])
-    inter, features = read_dataset(config.data, progress=False)
-    split = make_split(inter, config.data)
-    repeats = repeat_share(inter.offsets, inter.items, split.train_lengths)
-    item_tower = has_item_tower(config.model, features)
-    config, _ = resolve_auto(config, split.train_lengths, repeats, item_tower, inter.num_items)
+    config, inter, features, split, builder = resolved_run(args.config, args.data, args.set)
     tc, mc = config.train, config.model
-    builder = BatchBuilder(inter.offsets, inter.items, split.train_lengths, inter.num_items, mc.maxlen,
-                           config.loss.negatives_per_position, length_buckets=tc.length_buckets, window=tc.window)
     torch.manual_seed(tc.seed)
     model = build_model(inter.num_items, mc, features)
     objective = Objective(config.loss, item_counts(split))

@@ -17,13 +17,9 @@ import time
 
 import numpy as np
 import torch
+from run_setup import resolved_run  # benchmarks/run_setup.py (scripts run from benchmarks/)
 
-from seqrec.config import load_config
-from seqrec.data.batches import BatchBuilder
-from seqrec.data.features import read_dataset
-from seqrec.data.split import make_split
-from seqrec.model.features import build_model, has_item_tower
-from seqrec.train.auto import repeat_share, resolve_auto
+from seqrec.model.features import build_model
 from seqrec.train.loop import item_counts
 from seqrec.train.objective import Objective
 from seqrec.train.precision import bf16_speedup
@@ -43,15 +39,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    config = load_config(args.config, [f"data.path={args.data}", *args.set])
-    inter, features = read_dataset(config.data, progress=False)
-    split = make_split(inter, config.data)
-    repeats = repeat_share(inter.offsets, inter.items, split.train_lengths)
-    config, _ = resolve_auto(config, split.train_lengths, repeats, has_item_tower(config.model, features),
-                             inter.num_items)
+    config, inter, features, split, builder = resolved_run(args.config, args.data, args.set)
     tc, mc = config.train, config.model
-    builder = BatchBuilder(inter.offsets, inter.items, split.train_lengths, inter.num_items, mc.maxlen,
-                           config.loss.negatives_per_position, length_buckets=tc.length_buckets, window=tc.window)
     order = builder.epoch_order(tc.seed, 0, tc.batch_size)
     batches = [builder.batch(tc.seed, 0, i, tc.batch_size, order) for i in range(args.steps + 3)]
     print(f"config: maxlen {mc.maxlen}, hidden {mc.hidden_dim}, {mc.num_blocks} blocks, batch {tc.batch_size}, "
