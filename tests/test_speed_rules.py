@@ -88,6 +88,9 @@ def test_rules_follow_the_length_distribution_and_user_count():
     assert auto_maxlen(np.full(100, 94)) == 100  # a dense log: the median, rounded up to 10
     assert auto_maxlen(np.full(100, 6)) == 50 and auto_maxlen(np.full(100, 900)) == 200  # clipped
     assert auto_dropout(np.full(10, 6)) == 0.3 and auto_dropout(np.full(10, 94)) == 0.2
+    # a short time budget: 0.1 less; a long or no budget: unchanged
+    assert auto_dropout(np.full(10, 94), 10) == 0.1 and auto_dropout(np.full(10, 6), 20) == 0.2
+    assert auto_dropout(np.full(10, 94), 58) == 0.2 and auto_dropout(np.full(10, 94), None) == 0.2
     assert auto_num_blocks(np.full(10, 6)) == 2 and auto_num_blocks(np.full(10, 94)) == 4 and auto_num_blocks(np.full(10, 20)) == 4
     assert auto_lr(np.full(10, 6)) == 1e-3 and auto_lr(np.full(10, 94)) == 3e-3 and auto_lr(np.full(10, 20)) == 3e-3
     assert auto_batch_size(6040) == 32 and auto_batch_size(22363) == 128 and auto_batch_size(10**6) == 256

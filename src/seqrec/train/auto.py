@@ -15,7 +15,12 @@ resolved values are what ``config.yaml`` and the checkpoint record. Each rule, a
   one negative); under the full-catalogue softmax that held the first epochs at the popularity level and
   ended lower. Beauty's generic default (session 11, seed 42, one thread): dropout 0.3 gave best validation
   NDCG@10 0.0720 and test 0.0548 / HR@10 0.0903 in 12.2 minutes, against 0.0689 and 0.0530 / 0.0878 in 18.9
-  at 0.5 and 0.0704 (validation) at 0.2; its first epoch 2.8x popularity (0.0220) instead of 1.9x.
+  at 0.5 and 0.0704 (validation) at 0.2; its first epoch 2.8x popularity (0.0220) instead of 1.9x. A time
+  budget (``train.max_minutes``) of at most 20 minutes takes 0.1 off: a short run sees too few epochs to
+  overfit, and regularisation only slows it. On ML-1M (session 12, 2 threads alone, the preset's other
+  settings): 10 minutes at 0.1 gave test NDCG@10 0.1849 / 0.1845 (seeds 42 / 43) against 0.1725 at 0.2
+  (session 10, the earlier machine), while 58 minutes at 0.1 ended at 0.1917 / HR@10 0.3238 against
+  0.1936 / 0.3315 at 0.2. Measured on that dense log only; the sparse side (0.3 -> 0.2) is the same step.
 - ``model.num_blocks`` = 4 when the median training history is at least 20 items, else 2 (the same split).
   Long histories give a deeper encoder more to read: on ML-1M (median 94) the generic default with 4 blocks
   reached validation NDCG@10 0.2038 and test 0.1916 / HR@10 0.3248 (stopped itself after 51 minutes) against
@@ -62,6 +67,7 @@ from seqrec.model.features import default_tied
 
 MIN_MAXLEN, MAX_MAXLEN = 50, 200
 SPARSE_MEDIAN_LENGTH = 20
+SHORT_BUDGET_MINUTES = 20  # a time budget up to this gets 0.1 less dropout (too few epochs to overfit)
 REPEAT_SHARE = 0.01  # share of training events that repeat an item of the same user, from which history is kept
 REPEAT_SAMPLE_EVENTS = 5_000_000  # larger logs: the share is estimated on their first users' events
 MIN_BATCH, MAX_BATCH = 32, 256
@@ -79,8 +85,10 @@ def is_sparse_log(train_lengths: np.ndarray) -> bool:
     return (float(np.median(train_lengths)) if len(train_lengths) else 0.0) < SPARSE_MEDIAN_LENGTH
 
 
-def auto_dropout(train_lengths: np.ndarray) -> float:
-    return 0.3 if is_sparse_log(train_lengths) else 0.2
+def auto_dropout(train_lengths: np.ndarray, max_minutes: float | None = None) -> float:
+    base = 0.3 if is_sparse_log(train_lengths) else 0.2
+    short = max_minutes is not None and max_minutes <= SHORT_BUDGET_MINUTES
+    return round(base - 0.1, 2) if short else base
 
 
 def auto_num_blocks(train_lengths: np.ndarray) -> int:
@@ -142,7 +150,7 @@ def resolve_auto(config: RunConfig, train_lengths: np.ndarray, repeats: float = 
     if config.model.hidden_dim is None:
         model["hidden_dim"] = chosen["model.hidden_dim"] = auto_hidden_dim(num_items)
     if config.model.dropout is None:
-        model["dropout"] = chosen["model.dropout"] = auto_dropout(users)
+        model["dropout"] = chosen["model.dropout"] = auto_dropout(users, config.train.max_minutes)
     if config.model.num_blocks is None:
         model["num_blocks"] = chosen["model.num_blocks"] = auto_num_blocks(users)
     if config.train.batch_size is None:
