@@ -318,7 +318,8 @@ def _fixed_shift_sweep(
         pool_f = pool
     queries2 = queries * (1.0 / math.log(2.0))  # exp2(q2 . v) = exp(q . v)
     low = buffer.dtype != queries.dtype  # the GEMMs' operands in the buffer's (lower) precision
-    pool_g, pool_fg, queries2 = (x.to(buffer.dtype) for x in (pool, pool_f, queries2))
+    pool_g, queries2 = pool.to(buffer.dtype), queries2.to(buffer.dtype)
+    pool_fg = pool_g if pool_f is pool else pool_f.to(buffer.dtype)
     # Per-row work is done once for all rows, outside the tile loop (fewer small ops per tile). A masked
     # pair (r, u) sits at (u - c0) * C + (r - r0) of its (c1 - c0, C) tile.
     tile_rows = (n - (mask_rows // step) * step).clamp_(max=step)  # C of the pair's row tile
@@ -327,7 +328,7 @@ def _fixed_shift_sweep(
     pos_term = torch.exp(pos_logit - shift) if include_pos else None
     # sum_u exp(q_r . v_u) f_u, plus pos_term with include_pos
     row_sums = pos_term.clone() if include_pos else torch.zeros_like(pos_logit)
-    scaled_q = (buffer.new_empty((min(n, step), queries.shape[1])) if grad_pool is not None else None)
+    scaled_q = buffer.new_empty((min(n, step), queries.shape[1])) if grad_pool is not None else None
 
     def weights_of(sums):
         # d loss / d logit = scale * softmax. With the positive in the sum, every row sum is at least

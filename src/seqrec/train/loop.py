@@ -193,8 +193,6 @@ def _train(
         torch.set_num_threads(tc.num_threads)
     if device.type == "cuda":
         enable_tf32()
-        if tc.precision == "bf16" and not torch.cuda.is_bf16_supported():
-            raise ValueError(f"train.precision=bf16: {torch.cuda.get_device_name(device)} has no bfloat16 support")
     precision = resolve_precision(tc.precision, device)  # auto: measured on this machine, rank 0 decides
     if world > 1:
         precision = "bf16" if from_rank0(float(precision == "bf16"), device) else "fp32"

@@ -42,7 +42,13 @@ def bf16_speedup(rows: int = 512, dim: int = 128, cols: int = 2048, repeats: int
 
 
 def resolve_precision(name: str, device: torch.device) -> str:
-    """``train.precision`` -> ``"fp32"`` or ``"bf16"`` (``auto``: see the module docstring)."""
+    """``train.precision`` -> ``"fp32"`` or ``"bf16"`` (``auto``: see the module docstring).
+
+    Raises:
+        ValueError: ``bf16`` asked for on a GPU without bfloat16 support.
+    """
+    if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"train.precision=bf16: {torch.cuda.get_device_name(device)} has no bfloat16 support")
     if name != "auto":
         if name == "bf16" and device.type == "cpu" and (speedup := bf16_speedup()) < 1.0:
             log.warning("train.precision=bf16: bfloat16 products run %.2fx the speed of float32 on this CPU "
