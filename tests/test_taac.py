@@ -765,3 +765,34 @@ def test_mutated_predict_lines_raise_only_value_error(fuzz_dir, synthetic, line)
         assert "predict_seq.jsonl" in str(exc)
     else:
         assert pred.num_users <= 1
+
+
+def test_next_probabilities_are_the_distribution_step_samples_from():
+    # The oracle of benchmarks/taac_oracle.py: if the process changes, this says so.
+    from seqrec.data.taac.simulate import synth_world
+
+    rng = np.random.default_rng(3)
+    world = synth_world(rng, 300, 10)
+    previous = 17
+    cluster = int(world.cluster[previous])
+    n = 200_000
+    drawn, _ = world.step(rng, np.full(n, previous), np.full(n, cluster))
+    empirical = np.bincount(drawn, minlength=301) / n
+    probs = world.next_probabilities(previous, cluster)
+    assert probs[0] == 0 and abs(probs.sum() - 1) < 1e-9
+    assert probs[world.successor[previous]] > 0.46  # the successor: 0.92 * 0.5, plus its popularity share
+    assert 0.5 * np.abs(empirical - probs).sum() < 0.03  # total variation: a dropped drift term alone is 0.07
+    assert np.abs(empirical - probs).max() < 0.005
+    flat = world.next_probabilities(previous, cluster, np.full(300, 1 / 300))
+    same = np.flatnonzero(world.cluster[1:301] == cluster) + 1
+    others = same[same != world.successor[previous]]
+    assert np.allclose(flat[others], flat[others[0]])  # uniform popularity: one value per cluster member
+
+
+def test_synth_catalogue_rebuilds_the_written_creative_ids(synthetic):
+    from seqrec.data.taac.synthetic import synth_catalogue
+
+    dirs, data = synthetic
+    world, creative_ids = synth_catalogue(np.random.default_rng(7), 200, 10)
+    assert {int(creative_ids[i]): i for i in range(1, 201)} == data.item_index
+    assert len(world.cluster) == 211

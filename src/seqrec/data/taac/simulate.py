@@ -55,6 +55,32 @@ class SynthWorld:
             chosen[noisy] = 1 + rng.choice(len(self.popularity), size=int(noisy.sum()), p=self.popularity)
         return chosen, clusters
 
+    def next_probabilities(
+        self, previous: int, cluster: int, popularity: np.ndarray | None = None
+    ) -> np.ndarray:
+        """(num_items + 1,) probability that ``step`` picks each training item after ``previous`` in
+        ``cluster`` ([0] is 0): the process's own next-item distribution, the ranking no model can beat.
+
+        ``popularity`` (num_items,) replaces the item popularity, e.g. by counts a learner could see.
+        """
+        pop = self.popularity if popularity is None else np.asarray(popularity, dtype=np.float64)
+        train_cluster = self.cluster[1 : len(pop) + 1]
+        mass = np.bincount(train_cluster, weights=pop, minlength=self.num_clusters)
+
+        def within(c: int) -> np.ndarray:
+            return np.where(train_cluster == c, pop, 0.0) / max(mass[c], 1e-300)
+
+        stay = 1.0 - _SYNTH_DRIFT
+        probs = np.zeros(len(pop) + 1)
+        probs[1:] = (
+            stay * (1.0 - _SYNTH_FOLLOW - _SYNTH_NOISE) * within(cluster)
+            + _SYNTH_DRIFT * (1.0 - _SYNTH_NOISE) * within((cluster + 1) % self.num_clusters)
+            + _SYNTH_NOISE * pop
+        )
+        if 1 <= previous < len(self.successor):
+            probs[self.successor[previous]] += stay * _SYNTH_FOLLOW
+        return probs
+
     def simulate(
         self, rng: np.random.Generator, clusters: np.ndarray, steps: int
     ) -> tuple[np.ndarray, np.ndarray]:

@@ -131,11 +131,8 @@ def write_taac_synthetic(
     train_dir.mkdir(parents=True, exist_ok=True)
     eval_dir.mkdir(parents=True, exist_ok=True)
 
-    total_items = num_items + num_new_items  # synthetic ids 1..num_items train, then the new ones
-    world = synth_world(rng, num_items, num_new_items)
-    creative_ids = np.zeros(total_items + 1, np.int64)
-    # Every creative_id exceeds num_items, as unseen ones must in predict_seq.jsonl.
-    creative_ids[1:] = num_items + 1 + rng.choice(20 * total_items, size=total_items, replace=False)
+    # Synthetic ids 1..num_items are training items, the new ones follow.
+    world, creative_ids = synth_catalogue(rng, num_items, num_new_items)
     item_sizes = {f: min(size, max(2, num_items // 2)) for f, size in SYNTH_ITEM_SIZES.items()}
     item_features = synth_item_features(rng, world.cluster, item_sizes, first_new=num_items + 1)
     item_json = [""] + [json.dumps(features) for features in item_features[1:]]
@@ -196,6 +193,19 @@ def write_taac_synthetic(
     )
     logger.info("wrote synthetic TAAC data to %s (%d users, %d items)", root, num_users, num_items)
     return TaacSyntheticDirs(train=train_dir, eval=eval_dir)
+
+
+def synth_catalogue(
+    rng: np.random.Generator, num_items: int, num_new_items: int
+) -> tuple[SynthWorld, np.ndarray]:
+    """The world and the (num_items + num_new_items + 1,) creative_id of every synthetic item ([0] unused):
+    the first draws of ``write_taac_synthetic``, so ``np.random.default_rng(seed)`` rebuilds its data's."""
+    world = synth_world(rng, num_items, num_new_items)
+    total_items = num_items + num_new_items
+    creative_ids = np.zeros(total_items + 1, np.int64)
+    # Every creative_id exceeds num_items, as unseen ones must in predict_seq.jsonl.
+    creative_ids[1:] = num_items + 1 + rng.choice(20 * total_items, size=total_items, replace=False)
+    return world, creative_ids
 
 
 def _check_synthetic_args(
