@@ -59,6 +59,7 @@ def main() -> None:
     ap.add_argument("--new-items", type=int, default=None, help="default: as taac-generate (items // 20)")
     ap.add_argument("--new-targets", type=float, default=0.05, help="as taac-generate's --new-targets")
     ap.add_argument("--seed", type=int, default=0, help="as taac-generate's --seed")
+    ap.add_argument("--json", help="also write the table here (one object per ranking)")
     args = ap.parse_args()
 
     num_new = max(1, args.items // 20) if args.new_items is None else args.new_items
@@ -123,14 +124,20 @@ def main() -> None:
     header = f"{'ranking':28s} {'HR@10':>7s} {'NDCG@10':>8s} {'score':>7s} {'vs trans.':>9s}  " + "  ".join(
         f"{k + ' hr/ndcg':>22s}" for k in KINDS)
     print(header)
+    table: dict[str, dict] = {}
     for name, top10 in lists.items():
         ranks = ranks_of(top10, targets)
         hr, ndcg, score = summary(ranks)
         parts = []
-        for i in range(len(KINDS)):
+        table[name] = {"hr10": hr, "ndcg10": ndcg, "score": score, "vs_transitions": score / base - 1}
+        for i, kind in enumerate(KINDS):
             h, n, _ = summary(ranks[kinds == i])
             parts.append(f"{h:10.3f}/{n:<11.3f}")
+            table[name][kind] = {"users": int((kinds == i).sum()), "hr10": h, "ndcg10": n}
         print(f"{name:28s} {hr:7.4f} {ndcg:8.4f} {score:7.4f} {score / base - 1:+9.1%}  " + "  ".join(parts))
+    if args.json:
+        meta = {"data": args.data, "items": args.items, "new_items": num_new, "seed": args.seed}
+        Path(args.json).write_text(json.dumps({"generator": meta, "rankings": table}, indent=1) + "\n")
 
 
 if __name__ == "__main__":
