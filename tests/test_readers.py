@@ -129,3 +129,12 @@ def test_ml1m_is_read_as_published():
     inter = read_interactions(DataConfig(path=path))
     assert (inter.num_users, inter.num_items, len(inter.items)) == (6040, 3416, 999611)
     assert np.array_equal(inter.item_ids[1:], np.arange(1, 3417))
+
+
+def test_no_path_says_it_trains_on_the_synthetic_data(caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="seqrec.data.readers"):
+        inter = read_interactions(DataConfig(synthetic_users=30, synthetic_items=20))
+    assert inter.num_users == 30
+    assert "built-in synthetic data, 30 users and 20 items" in caplog.text

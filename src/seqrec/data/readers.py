@@ -438,6 +438,9 @@ def read_interactions(config: DataConfig) -> Interactions:
     if config.path is None:
         from seqrec.data.synthetic import generate_synthetic
 
+        # A preset's name says nothing about its data: say so when no file was given.
+        log.info("no data.path (--data): the built-in synthetic data, %d users and %d items",
+                 config.synthetic_users, config.synthetic_items)
         return generate_synthetic(config.synthetic_users, config.synthetic_items, seed=config.synthetic_seed)
     path = Path(config.path)
     if not path.exists():
