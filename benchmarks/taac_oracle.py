@@ -66,6 +66,8 @@ def main() -> None:
     world, creative_ids = synth_catalogue(np.random.default_rng(args.seed), args.items, num_new)
     synth_of = {int(c): i for i, c in enumerate(creative_ids.tolist()) if i > 0}
     train = read_taac(Path(args.data) / "train", progress=False)
+    if {int(creative_ids[i]): i for i in range(1, args.items + 1)} != train.item_index:
+        ap.error(f"{args.data} was not written by taac-generate with --items {args.items} --seed {args.seed}")
     predict = read_taac_predict(Path(args.data) / "eval", train, progress=False)
     _, targets = read_taac_targets(Path(args.data) / "eval")
     cand = predict.candidates
