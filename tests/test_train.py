@@ -124,8 +124,9 @@ def _params(path):
     return load_checkpoint(path)["model"]
 
 
-def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, monkeypatch):
-    cfg = tiny_config(train={"epochs": 3, "checkpoint_every_steps": 2, "seed": 11})
+@pytest.mark.parametrize("ema_decay", [None, 0.9])
+def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, monkeypatch, ema_decay):
+    cfg = tiny_config(train={"epochs": 3, "checkpoint_every_steps": 2, "seed": 11, "ema_decay": ema_decay})
     train(cfg, tmp_path / "full", progress=False, command=["test"])
 
     calls = {"n": 0}
@@ -149,5 +150,13 @@ def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, monkeypatc
     resumed = _params(tmp_path / "resumed" / "checkpoints" / "last.pt")
     for name in full:
         torch.testing.assert_close(resumed[name], full[name], rtol=0, atol=1e-6)
+    if ema_decay is not None:  # the weight average goes on from the checkpoint too, and so does best.pt
+        averages = [load_checkpoint(tmp_path / run / "checkpoints" / "last.pt")["ema"]["average"]
+                    for run in ("full", "resumed")]
+        for a, b in zip(*averages, strict=True):
+            torch.testing.assert_close(b, a, rtol=0, atol=1e-6)
+        best = [_params(tmp_path / run / "checkpoints" / "best.pt") for run in ("full", "resumed")]
+        for name in best[0]:
+            torch.testing.assert_close(best[1][name], best[0][name], rtol=0, atol=1e-6)
     metrics = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["epoch"] for x in metrics] == [1, 2, 3]

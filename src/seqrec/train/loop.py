@@ -19,6 +19,7 @@ import logging
 import math
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,7 @@ from seqrec.train.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from seqrec.train.ema import WeightAverage
 from seqrec.train.objective import Objective
 from seqrec.train.precision import resolve_precision
 from seqrec.train.processes import (
@@ -235,6 +237,8 @@ def _train(
         check_sparse_setup(config.loss.name, config.loss.mode)
     optimizer = make_optimizer(model, objective.parameters(), lr=tc.lr, betas=tc.betas,
                                weight_decay=tc.weight_decay, sparse_embeddings=tc.sparse_embeddings)
+    average = None if tc.ema_decay is None else WeightAverage([p for p in params if p.requires_grad], tc.ema_decay)
+    averaged = nullcontext if average is None else average.swapped_in  # validation sees the average
     steps_per_epoch = builder.num_batches(tc.batch_size)
     total_steps = steps_per_epoch * tc.epochs
 
@@ -253,6 +257,8 @@ def _train(
         model.load_state_dict(state["model"])
         objective.load_state_dict(state["objective"])
         optimizer.load_state_dict(state["optimizer"])
+        if average is not None and state.get("ema") is not None:
+            average.load_state_dict(state["ema"])
         set_rng_state(state["rng"])
         epoch, epoch_step, step = state["epoch"], state["epoch_step"], state["step"]
         best_metric, best_epoch, bad_evals = state["best_metric"], state["best_epoch"], state["bad_evals"]
@@ -303,6 +309,7 @@ def _train(
             "model": model.state_dict(),
             "objective": objective.state_dict(),
             "optimizer": optimizer.state_dict(),
+            "ema": None if average is None else average.state_dict(),
             "rng": rng_state(),
             "epoch": epoch,
             "epoch_step": epoch_step,
@@ -372,6 +379,8 @@ def _train(
             if tc.clip_grad_norm is not None:
                 (clip_grad_norm if tc.sparse_embeddings else torch.nn.utils.clip_grad_norm_)(params, tc.clip_grad_norm)
             optimizer.step()
+            if average is not None:
+                average.update()
             sequences += min(tc.batch_size, len(builder.users) - epoch_step * tc.batch_size)  # global rows
             step += 1
             epoch_step += 1
@@ -412,7 +421,8 @@ def _train(
         improved = False
         if epoch % config.train.eval_every == 0 or epoch == tc.epochs or out_of_time or best_epoch < 0 and budget is not None:
             eval_started = time.perf_counter()
-            valid = _evaluate(model, split, "valid", similarity, config.eval, device, rank, world, precision == "bf16")
+            with averaged():
+                valid = _evaluate(model, split, "valid", similarity, config.eval, device, rank, world, precision == "bf16")
             eval_seconds = time.perf_counter() - eval_started
             record["valid"] = valid
             record["eval_seconds"] = eval_seconds
@@ -437,7 +447,10 @@ def _train(
         if rank == 0:
             state = checkpoint_state()
             if improved:
-                save_checkpoint(state, run_dir / "checkpoints" / "best.pt")
+                with averaged():  # best.pt holds the weights validation scored
+                    best_state = state if average is None else {
+                        **state, "model": model.state_dict(), "objective": objective.state_dict(), "ema": None}
+                    save_checkpoint(best_state, run_dir / "checkpoints" / "best.pt")
             # The record goes first: a kill between the two then resumes from the older last.pt, whose
             # resume drops this record and writes it again; the other order would lose it for good.
             append_jsonl(metrics_path, record)
