@@ -40,7 +40,7 @@ def main() -> None:
         with open(path, encoding="utf-8") as f:
             table = json.load(f)
         rows, gen = table["rankings"], table["generator"]
-        labels.append(f"{gen['items']} items\nseed {gen['seed']}")
+        labels.append(f"{gen['items']} + {gen['new_items']} unseen\nitems, seed {gen['seed']}")
         for b, (key, name, colour) in enumerate(BARS):
             score = rows[model if key == "model" else key]["score"]
             ax.bar(x + (b - 1.5) * width, score, width, color=colour, label=name if x == 0 else None)
