@@ -59,7 +59,7 @@ class SynthWorld:
         self, previous: int, cluster: int, popularity: np.ndarray | None = None
     ) -> np.ndarray:
         """(num_items + 1,) probability that ``step`` picks each training item after ``previous`` in
-        ``cluster`` ([0] is 0): the process's own next-item distribution, the ranking no model can beat.
+        ``cluster`` ([0] is 0): the process's own next-item distribution, which no ranking can expect to beat.
 
         ``popularity`` (num_items,) replaces the item popularity, e.g. by counts a learner could see.
         """
