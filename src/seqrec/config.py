@@ -198,7 +198,7 @@ class TrainConfig:
     clip_grad_norm: float | None = 1.0  # gradient clipping (None = off)
     # Validate, select and keep an exponential moving average of the weights, updated after every step with
     # this decay (0.99: about the last 100 steps); training itself goes on from the raw weights. None = off.
-    # Synthetic TAAC data, session 13: +1.3-1.7% competition score on three datasets (BENCHMARKS.md).
+    # Session 13 (BENCHMARKS.md): TAAC synthetic +1.1-1.7% score, ML-1M default +1.3%, Beauty preset -3.9% test.
     ema_decay: float | None = None
     seed: int = 42  # seeds data order, negatives, initialisation and dropout
     eval_every: int = 1  # validate every N epochs
